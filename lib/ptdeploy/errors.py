@@ -1,0 +1,59 @@
+"""Errors ptdeploy raises on purpose.
+
+Every one of them carries a message that names the field or object at fault, what was
+given and what would be valid, so a notebook cell or a job run log is enough to fix it.
+"""
+
+from __future__ import annotations
+
+
+class PtdeployError(Exception):
+    """Base class: a failure ptdeploy detected and explained."""
+
+
+class ParameterError(PtdeployError, ValueError):
+    """A notebook or job parameter is unknown, missing or invalid."""
+
+
+class ModelSourceError(PtdeployError, ValueError):
+    """A model source (hub id, local directory, offline package) cannot be used."""
+
+
+class ModelLoggingError(PtdeployError, ValueError):
+    """A model cannot be logged with the requested task or options."""
+
+
+class RegistryError(PtdeployError):
+    """The model registry refused or failed an operation."""
+
+
+class NotOptimizableError(PtdeployError):
+    """The registered model cannot be served with provisioned throughput."""
+
+
+class ThroughputError(PtdeployError, ValueError):
+    """Provisioned throughput values are not valid for the model's chunk size."""
+
+
+class EndpointError(PtdeployError):
+    """A serving endpoint is in a failed state or did not become ready in time."""
+
+
+class EndpointTimeoutError(EndpointError, TimeoutError):
+    """The endpoint did not reach READY / NOT_UPDATING before the timeout."""
+
+
+class EndpointConfigError(PtdeployError, ValueError):
+    """An endpoint specification (name, routes, tags, AI Gateway) is invalid."""
+
+
+class EndpointNotFoundError(EndpointError, LookupError):
+    """The named serving endpoint does not exist in the workspace."""
+
+
+class ModelVersionNotFoundError(RegistryError, LookupError):
+    """The registered model or version the serving API was asked about does not exist."""
+
+
+class QueryError(PtdeployError, ValueError):
+    """A query to a serving endpoint has invalid arguments or got an unusable answer."""

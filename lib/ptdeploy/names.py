@@ -1,0 +1,90 @@
+"""Names Databricks checks: Unity Catalog three-level model names and aliases.
+
+Unity Catalog object names may not contain a period, a space, a forward slash, ASCII
+control characters or DEL, and are at most 255 characters; UC stores them in lower case,
+so an upper-case name would come back different from what the user typed: refuse it with
+the lower-case suggestion instead of renaming silently.
+"""
+
+from __future__ import annotations
+
+import re
+
+from ptdeploy.errors import ParameterError
+from ptdeploy.targets import Target
+
+_UC_PART_FORBIDDEN = re.compile(r"[.\s/\x00-\x1f\x7f]")
+_ALIAS = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
+
+
+def check_uc_part(value: str, what: str) -> str:
+    """One level of a UC name (catalog, schema or model)."""
+    if not isinstance(value, str) or not value:
+        raise ParameterError(f"{what} is empty: give a Unity Catalog name such as 'main'.")
+    if len(value) > 255:
+        raise ParameterError(f"{what}={value!r} is longer than 255 characters.")
+    bad = _UC_PART_FORBIDDEN.search(value)
+    if bad:
+        raise ParameterError(
+            f"{what}={value!r} contains {bad.group()!r}: Unity Catalog names may not contain "
+            "periods, spaces, slashes or control characters (use letters, digits, '_')."
+        )
+    if value != value.lower():
+        raise ParameterError(
+            f"{what}={value!r} has upper-case letters; Unity Catalog stores names in lower "
+            f"case. Use {value.lower()!r}."
+        )
+    return value
+
+
+def registered_model_name(catalog: str, schema: str, model: str) -> str:
+    """``catalog.schema.model``, each level checked."""
+    return ".".join(
+        (
+            check_uc_part(catalog, "catalog"),
+            check_uc_part(schema, "schema"),
+            check_uc_part(model, "model_name"),
+        )
+    )
+
+
+def check_registered_model_name(name: str, target: Target | str) -> str:
+    """A full registered model name as the target's registry accepts it.
+
+    ``databricks-uc`` requires three levels; the local registry accepts the same names
+    (so a rehearsal uses the real ones) and, for convenience, a plain one-level name.
+    """
+    target = Target(target)
+    if not isinstance(name, str) or not name.strip():
+        raise ParameterError("registered model name is empty: give 'catalog.schema.model'.")
+    parts = name.split(".")
+    if len(parts) == 3:
+        registered_model_name(*parts)
+        return name
+    if target is Target.DATABRICKS:
+        raise ParameterError(
+            f"registered model name {name!r} has {len(parts)} level(s); Unity Catalog "
+            "(registry 'databricks-uc') needs three: 'catalog.schema.model', e.g. "
+            f"'main.default.{parts[-1] or 'my_model'}'."
+        )
+    if len(parts) == 1:
+        check_uc_part(name, "model_name")
+        return name
+    raise ParameterError(
+        f"registered model name {name!r} has {len(parts)} levels; use 'catalog.schema.model' "
+        "(or one plain name on the local target)."
+    )
+
+
+def check_alias(alias: str) -> str:
+    """An MLflow model alias: letters, digits, '_' and '-'; not 'latest' nor 'v<N>'."""
+    if not isinstance(alias, str) or not _ALIAS.match(alias):
+        raise ParameterError(
+            f"alias={alias!r} is not valid: use letters, digits, '_' or '-' (e.g. 'champion')."
+        )
+    if alias.lower() == "latest" or re.fullmatch(r"[vV]\d+", alias):
+        raise ParameterError(
+            f"alias={alias!r} is reserved by MLflow ('latest' and 'v<number>' name versions); "
+            "choose another, e.g. 'champion'."
+        )
+    return alias

@@ -1,0 +1,236 @@
+"""Run template notebooks headless with papermill: one, or all of them for a target.
+
+Parameters go through the same spec as inside the notebook, *before* a kernel starts:
+an unknown name or a bad value fails in a second with the parameter named, not after
+the imports. A failed run keeps its output notebook (with the traceback in the failing
+cell) and names that cell.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ptdeploy.errors import ParameterError, PtdeployError
+from ptdeploy.notebook import read_summary
+from ptdeploy.specs import spec_for
+from ptdeploy.state import project_root
+
+
+@dataclass
+class RunResult:
+    notebook: str
+    output: Path
+    ok: bool
+    seconds: float
+    summary: dict[str, Any] | None = None
+    failed_cell: int | None = None
+    error: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+    def describe_failure(self) -> str:
+        where = f" in cell {self.failed_cell}" if self.failed_cell is not None else ""
+        return f"{self.notebook} failed{where}: {self.error} (output kept: {self.output})"
+
+
+def load_parameters_file(path: str | Path) -> dict[str, Any]:
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ParameterError(f"parameters file {path} does not exist")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ParameterError(f"parameters file {path} must be a mapping of name: value")
+    return data
+
+
+def resolve_parameters(
+    notebook: str | Path, params_file: str | Path | None, overrides: dict[str, Any] | None
+) -> dict[str, Any]:
+    """File values, then ``-p`` overrides, converted and checked by the notebook's spec."""
+    spec = spec_for(str(notebook))
+    values: dict[str, Any] = {}
+    if params_file:
+        values.update(load_parameters_file(params_file))
+    values.update(overrides or {})
+    return spec.validate(values, require_all=False)
+
+
+def run_notebook(
+    notebook: str | Path,
+    params_file: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    *,
+    out_dir: str | Path = "out",
+    kernel_name: str = "python3",
+    progress: bool = True,
+    log_output: bool = False,
+    start_timeout: int = 120,
+) -> RunResult:
+    """Execute ``notebook`` with papermill; never raises for a failing notebook."""
+    import papermill as pm
+    from papermill.exceptions import PapermillExecutionError
+
+    notebook = Path(notebook).resolve()
+    if not notebook.is_file():
+        raise PtdeployError(f"notebook {notebook} does not exist")
+    params = resolve_parameters(notebook, params_file, overrides)
+    out_dir = Path(out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    suffix = params.get("target", "run")
+    output = out_dir / f"{notebook.stem}-{suffix}.ipynb"
+    previous = os.environ.get("PTDEPLOY_HEADLESS")
+    os.environ["PTDEPLOY_HEADLESS"] = "1"  # no ipywidgets in headless kernels
+    started = time.perf_counter()
+    result = RunResult(notebook.stem, output, True, 0.0, parameters=params)
+    try:
+        pm.execute_notebook(
+            str(notebook),
+            str(output),
+            parameters=params,
+            kernel_name=kernel_name,
+            cwd=str(notebook.parent),
+            progress_bar=progress,
+            log_output=log_output,
+            start_timeout=start_timeout,
+        )
+    except PapermillExecutionError as exc:
+        result.ok = False
+        result.failed_cell = exc.exec_count
+        result.error = f"{exc.ename}: {exc.evalue}"
+    finally:
+        if previous is None:
+            os.environ.pop("PTDEPLOY_HEADLESS", None)
+        else:
+            os.environ["PTDEPLOY_HEADLESS"] = previous
+        result.seconds = time.perf_counter() - started
+    if output.is_file():
+        import nbformat
+
+        result.summary = read_summary(nbformat.read(output, as_version=4))
+    return result
+
+
+def notebooks_dir() -> Path:
+    root = project_root() or Path.cwd()
+    return root / "notebooks"
+
+
+def parameters_dir() -> Path:
+    root = project_root() or Path.cwd()
+    return root / "parameters"
+
+
+def run_all(
+    target: str,
+    *,
+    out_dir: str | Path = "out",
+    overrides: dict[str, Any] | None = None,
+    only: list[str] | None = None,
+    progress: bool = False,
+) -> list[RunResult]:
+    """Every template with ``parameters/<notebook>/<target>.yaml``, in name order."""
+    results = []
+    for nb in sorted(notebooks_dir().glob("*.ipynb")):
+        if only and nb.stem not in only:
+            continue
+        params_file = parameters_dir() / nb.stem / f"{target}.yaml"
+        if not params_file.is_file():
+            raise PtdeployError(f"{nb.stem}: no parameters file {params_file} for target {target}")
+        spec = spec_for(nb.stem)
+        ov = {k: v for k, v in (overrides or {}).items() if k in spec.names}
+        print(f"[run-all] {nb.stem} ...", flush=True)
+        results.append(
+            run_notebook(nb, params_file, ov, out_dir=Path(out_dir) / target, progress=progress)
+        )
+    return results
+
+
+def format_table(results: list[RunResult]) -> str:
+    rows = [("notebook", "status", "seconds", "detail")]
+    for r in results:
+        detail = (
+            f"cell {r.failed_cell}: {r.error}" if not r.ok else (str(r.output) if r.output else "")
+        )
+        rows.append((r.notebook, "ok" if r.ok else "FAILED", f"{r.seconds:.1f}", detail[:120]))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    lines = ["  ".join(row[i].ljust(widths[i]) for i in range(3)) + "  " + row[3] for row in rows]
+    lines.insert(1, "-" * max(len(line) for line in lines))
+    total = sum(r.seconds for r in results)
+    lines.append(f"total {total:.1f}s, {sum(not r.ok for r in results)} failed")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ command line
+
+
+def _overrides(pairs: list[list[str]] | None) -> dict[str, str]:
+    return {name: value for name, value in (pairs or [])}
+
+
+def configure_run_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("notebook", help="path of the .ipynb template")
+    parser.add_argument("-f", "--parameters-file", help="YAML parameters file")
+    parser.add_argument(
+        "-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"), help="override"
+    )
+    parser.add_argument("--out", default="out", help="folder for executed notebooks (out)")
+    parser.add_argument("--kernel", default="python3", help="Jupyter kernel name (python3)")
+    parser.add_argument("--log-output", action="store_true", help="stream cell output")
+
+
+def run_run(args: argparse.Namespace) -> int:
+    try:
+        result = run_notebook(
+            args.notebook,
+            args.parameters_file,
+            _overrides(args.parameter),
+            out_dir=args.out,
+            kernel_name=args.kernel,
+            log_output=args.log_output,
+        )
+    except PtdeployError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not result.ok:
+        print(result.describe_failure(), file=sys.stderr)
+        return 1
+    print(f"{result.notebook}: ok in {result.seconds:.1f}s -> {result.output}")
+    for key, value in (result.summary or {}).items():
+        print(f"  {key}: {value}")
+    return 0
+
+
+def configure_run_all_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--target", choices=("local", "databricks"), default="local")
+    parser.add_argument("--out", default="out", help="folder for executed notebooks (out)")
+    parser.add_argument(
+        "-p",
+        "--parameter",
+        nargs=2,
+        action="append",
+        metavar=("NAME", "VALUE"),
+        help="override, applied to every notebook that declares NAME",
+    )
+    parser.add_argument("--only", action="append", help="run only this notebook (repeatable)")
+
+
+def run_run_all(args: argparse.Namespace) -> int:
+    try:
+        results = run_all(
+            args.target, out_dir=args.out, overrides=_overrides(args.parameter), only=args.only
+        )
+    except PtdeployError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(format_table(results))
+    for r in results:
+        if not r.ok:
+            print(r.describe_failure(), file=sys.stderr)
+    return 0 if all(r.ok for r in results) else 1

@@ -1,0 +1,76 @@
+"""Where ptdeploy keeps local state: registry, artifacts, model cache, local workspace.
+
+One directory, whatever the working directory, so a notebook run from ``notebooks/``,
+a test run from the repository root and ``ptdeploy workspace start`` from anywhere all
+see the same registry and endpoints. MLflow's own default (``./mlflow.db`` and
+``./mlruns`` in the current directory) would split them.
+
+Resolution order: ``$PTDEPLOY_HOME`` if set, else ``<project root>/.ptdeploy`` when the
+package runs from a checkout (editable install), else ``~/.ptdeploy``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ENV_VAR = "PTDEPLOY_HOME"
+
+
+def project_root() -> Path | None:
+    """The checkout this package runs from, or None when installed elsewhere."""
+    root = Path(__file__).resolve().parents[2]
+    return (
+        root
+        if (root / "pyproject.toml").is_file() and (root / "lib" / "ptdeploy").is_dir()
+        else None
+    )
+
+
+def state_dir() -> Path:
+    """The state directory (created on first use), as an absolute path."""
+    env = os.environ.get(ENV_VAR)
+    if env:
+        path = Path(env).expanduser()
+    else:
+        root = project_root()
+        path = root / ".ptdeploy" if root else Path.home() / ".ptdeploy"
+    path = path.resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def registry_db() -> Path:
+    """The SQLite file that holds the local MLflow tracking store and model registry."""
+    return state_dir() / "mlflow.db"
+
+
+def tracking_uri() -> str:
+    """MLflow tracking (and registry) URI of the local target."""
+    return f"sqlite:///{registry_db()}"
+
+
+def artifacts_dir() -> Path:
+    """Root of run and model artifacts of the local target."""
+    path = state_dir() / "artifacts"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def model_cache_dir() -> Path:
+    """Cache of offline models converted once (e.g. SmolLM2 GGUF -> safetensors).
+
+    ``$PTDEPLOY_MODEL_CACHE`` overrides it, so throwaway state directories (tests) can
+    share one converted copy instead of converting again.
+    """
+    env = os.environ.get("PTDEPLOY_MODEL_CACHE")
+    path = Path(env).expanduser().resolve() if env else state_dir() / "models"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def workspace_dir() -> Path:
+    """State of the local workspace server: endpoints, token, pid and port files."""
+    path = state_dir() / "workspace"
+    path.mkdir(parents=True, exist_ok=True)
+    return path

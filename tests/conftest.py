@@ -1,0 +1,82 @@
+"""Shared fixtures: every test session gets its own state directory.
+
+PTDEPLOY_HOME is set before any ptdeploy module resolves it, so tests never touch the
+developer's ``.ptdeploy`` (registry, endpoints, model cache). The converted SmolLM2 cache
+is shared read-only from the developer's state dir when present, to avoid converting the
+GGUF again in every session (see ``ptdeploy.models``).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+_SESSION_HOME = Path(tempfile.mkdtemp(prefix="ptdeploy-test-"))
+# Converted offline models are cached outside the per-session state so the slow GGUF
+# conversion happens once per machine, not once per test session.
+os.environ.setdefault("PTDEPLOY_MODEL_CACHE", str(REPO / ".ptdeploy" / "models"))
+os.environ["PTDEPLOY_HOME"] = str(_SESSION_HOME)
+
+
+@pytest.fixture(scope="session")
+def ptdeploy_home() -> Path:
+    return _SESSION_HOME
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_local_workspace_at_end():
+    yield
+    try:
+        from ptdeploy.workspace import control
+
+        control.stop(quiet=True)
+    except Exception:
+        pass
+
+
+def _register(loaded, task: str, name: str, **kwargs) -> tuple[str, str]:
+    from ptdeploy import model_logging, registry, targets
+
+    targets.configure_mlflow("local")
+    logged = model_logging.log_model(loaded, task=task, **kwargs)
+    version = registry.register(logged.model_uri, name)
+    return version.name, version.version
+
+
+@pytest.fixture(scope="session")
+def registered_tiny_completions(ptdeploy_home) -> tuple[str, str]:
+    """tiny-llama logged for llm/v1/completions in the session registry: (name, version)."""
+    from ptdeploy import models
+
+    return _register(
+        models.build_tiny_llama(), "llm/v1/completions", "main.default.tiny_completions"
+    )
+
+
+@pytest.fixture(scope="session")
+def registered_tiny_chat(ptdeploy_home) -> tuple[str, str]:
+    """tiny-llama logged for llm/v1/chat in the session registry: (name, version)."""
+    from ptdeploy import models
+
+    return _register(models.build_tiny_llama(), "llm/v1/chat", "main.default.tiny_chat")
+
+
+@pytest.fixture(scope="session")
+def registered_minilm(ptdeploy_home) -> tuple[str, str]:
+    """The real all-MiniLM-L6-v2 logged for llm/v1/embeddings: (name, version)."""
+    from ptdeploy import models
+
+    return _register(
+        models.load_model("all-minilm-l6-v2"),
+        "llm/v1/embeddings",
+        "main.default.minilm",
+        model_type="gte-large",
+    )

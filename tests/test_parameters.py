@@ -1,0 +1,188 @@
+"""Typed notebook parameters: conversion from widget strings, errors that name the
+parameter, unknown names refused, papermill's injected cell detected."""
+
+from __future__ import annotations
+
+import pytest
+from ptdeploy import parameters
+from ptdeploy.errors import ParameterError
+from ptdeploy.parameters import Param, ParameterSpec
+from ptdeploy.specs import LLAMA_COMPLETIONS
+
+SPEC = ParameterSpec(
+    notebook="demo",
+    params=(
+        Param("count", "int", minimum=0, maximum=10),
+        Param("ratio", "float"),
+        Param("enabled", "bool"),
+        Param("mode", "choice", choices=("fast", "slow")),
+        Param("note", "str", optional=True),
+    ),
+)
+
+
+def test_widget_strings_become_typed_values():
+    typed = SPEC.validate(
+        {"count": "7", "ratio": "0.5", "enabled": "True", "mode": "slow", "note": ""}
+    )
+    assert typed == {"count": 7, "ratio": 0.5, "enabled": True, "mode": "slow", "note": None}
+
+
+def test_int_from_widget_string_1960():
+    p = Param("max_tokens", "int")
+    assert p.convert("1960") == 1960
+    assert p.convert(" 1960 ") == 1960
+    assert p.convert(1960.0) == 1960
+
+
+@pytest.mark.parametrize(
+    ("values", "fragment"),
+    [
+        ({"count": "abc"}, "parameter 'count': invalid value 'abc': expected a whole number"),
+        ({"count": "2.5"}, "expected a whole number"),
+        ({"count": True}, "expected a whole number"),
+        ({"count": "11"}, "must be <= 10"),
+        ({"count": "-1"}, "must be >= 0"),
+        (
+            {"enabled": "maybe"},
+            "parameter 'enabled': invalid value 'maybe': expected true or false",
+        ),
+        ({"mode": "fats"}, "Did you mean 'fast'?"),
+        ({"ratio": "nan"}, "parameter 'ratio'"),
+        ({"count": ""}, "a value is required"),
+    ],
+)
+def test_bad_values_name_the_parameter_and_what_is_valid(values, fragment):
+    with pytest.raises(ParameterError) as err:
+        SPEC.validate(values, require_all=False)
+    assert fragment in str(err.value)
+    assert "Valid:" in str(err.value)
+
+
+def test_all_errors_reported_at_once():
+    with pytest.raises(ParameterError) as err:
+        SPEC.validate({"count": "x", "mode": "y"}, require_all=False)
+    assert "'count'" in str(err.value) and "'mode'" in str(err.value)
+
+
+def test_unknown_parameter_is_an_error_with_did_you_mean():
+    with pytest.raises(
+        ParameterError, match=r"unknown parameter\(s\) 'cuont' \(did you mean 'count'\?\)"
+    ):
+        SPEC.validate({"cuont": 1}, require_all=False)
+
+
+def test_secret_names_are_refused_as_parameters():
+    with pytest.raises(ValueError, match="secret"):
+        Param("databricks_token")
+    with pytest.raises(ParameterError, match="secrets are never parameters"):
+        SPEC.validate({"token": "dapi123"}, require_all=False)
+
+
+def test_missing_declared_parameter_in_cell():
+    with pytest.raises(ParameterError, match="missing parameter"):
+        SPEC.validate({"count": 1})
+
+
+def _namespace(**overrides):
+    ns = {
+        "model_source": "tiny-llama",
+        "model_revision": "",
+        "catalog": "main",
+        "schema": "default",
+        "model_name": "m",
+        "alias": "champion",
+        "save_pretrained": True,
+        "task": "llm/v1/completions",
+        "endpoint_name": "ep",
+        "min_chunks": 0,
+        "max_chunks": 1,
+        "scale_to_zero": False,
+        "wait_timeout_minutes": 5,
+        "prompt": "hi",
+        "max_tokens": 4,
+        "teardown": False,
+        "target": "local",
+    }
+    ns.update(overrides)
+    return ns
+
+
+def test_resolve_from_notebook_globals(monkeypatch):
+    monkeypatch.setenv("PTDEPLOY_HEADLESS", "1")
+    ns = _namespace(max_tokens="32", In=["", "# Parameters\nmax_tokens = '32'\n"])
+    p = parameters.resolve(LLAMA_COMPLETIONS, ns)
+    assert p.max_tokens == 32 and p.surface == "papermill"
+    assert p["target"] == "local"
+    assert "max_tokens" in p._repr_markdown_()
+
+
+def test_resolve_refuses_unknown_injected_parameter():
+    ns = _namespace(modle_source="x", In=["", "# Parameters\nmodle_source = 'x'\n"])
+    with pytest.raises(ParameterError, match="'modle_source' \\(did you mean 'model_source'\\?\\)"):
+        parameters.resolve(LLAMA_COMPLETIONS, ns)
+
+
+def test_cross_checks_min_max_and_scale_to_zero():
+    with pytest.raises(ParameterError, match="min_chunks must be <= max_chunks"):
+        LLAMA_COMPLETIONS.validate(_namespace(min_chunks=3, max_chunks=2))
+    with pytest.raises(ParameterError, match="scale_to_zero"):
+        LLAMA_COMPLETIONS.validate(_namespace(min_chunks=1, scale_to_zero="true"))
+
+
+def test_uc_names_checked_in_parameters():
+    with pytest.raises(ParameterError, match="'model_name'.*periods"):
+        LLAMA_COMPLETIONS.validate(_namespace(model_name="a.b"))
+    with pytest.raises(ParameterError, match="endpoint_name"):
+        LLAMA_COMPLETIONS.validate(_namespace(endpoint_name="bad name!"))
+
+
+class FakeWidgets:
+    """dbutils.widgets as Databricks has it: values are strings; job params override."""
+
+    def __init__(self, job_params):
+        self.job_params = job_params
+        self.created = {}
+
+    def text(self, name, default, label):
+        self.created[name] = ("text", default, label)
+
+    def dropdown(self, name, default, choices, label):
+        assert default in choices
+        self.created[name] = ("dropdown", default, label, choices)
+
+    def get(self, name):
+        return self.job_params.get(name, self.created[name][1])
+
+    def getAll(self):
+        return {**{n: c[1] for n, c in self.created.items()}, **self.job_params}
+
+
+class FakeDbutils:
+    def __init__(self, job_params):
+        self.widgets = FakeWidgets(job_params)
+
+
+def test_databricks_widgets_and_job_base_parameters(monkeypatch):
+    monkeypatch.setenv("DATABRICKS_RUNTIME_VERSION", "15.4")
+    dbutils = FakeDbutils({"max_tokens": "1960", "target": "databricks"})
+    p = parameters.resolve(LLAMA_COMPLETIONS, _namespace(dbutils=dbutils))
+    assert p.max_tokens == 1960 and p.target == "databricks"
+    assert p.surface == "databricks-widgets"
+    kind, default, label, choices = dbutils.widgets.created["task"]
+    assert kind == "dropdown" and "llm/v1/chat" in choices and label == "Task"
+    assert dbutils.widgets.created["prompt"][0] == "text"
+
+
+def test_databricks_job_parameter_not_declared_is_refused(monkeypatch):
+    monkeypatch.setenv("DATABRICKS_RUNTIME_VERSION", "15.4")
+    dbutils = FakeDbutils({"max_tokns": "5"})
+    with pytest.raises(ParameterError, match="'max_tokns'"):
+        parameters.resolve(LLAMA_COMPLETIONS, _namespace(dbutils=dbutils))
+
+
+def test_databricks_bad_widget_value(monkeypatch):
+    monkeypatch.setenv("DATABRICKS_RUNTIME_VERSION", "15.4")
+    dbutils = FakeDbutils({"max_tokens": "abc"})
+    with pytest.raises(ParameterError, match="parameter 'max_tokens': invalid value 'abc'"):
+        parameters.resolve(LLAMA_COMPLETIONS, _namespace(dbutils=dbutils))
