@@ -89,6 +89,10 @@ def test_unknown_papermill_parameter_fails_inside_the_notebook(tmp_path):
 
 
 def test_llama_notebook_on_tiny_llama_twice_updates_the_same_endpoint(tmp_path):
+    """Run 1 creates the endpoint on v1; run 2 registers v2 and updates the same endpoint;
+    run 3 is the job's smoke_test task alone: it finds v2 through the alias, queries the
+    endpoint and tears it down."""
+    nb = REPO / "notebooks" / "llama_completions.ipynb"
     params = REPO / "parameters" / "llama_completions" / "local.yaml"
     overrides = {
         "model_source": "tiny-llama",
@@ -96,29 +100,34 @@ def test_llama_notebook_on_tiny_llama_twice_updates_the_same_endpoint(tmp_path):
         "endpoint_name": "nb-tiny-llama",
         "max_tokens": "4",
     }
-    first = runner.run_notebook(
-        REPO / "notebooks" / "llama_completions.ipynb",
-        params,
-        overrides,
-        out_dir=tmp_path,
-        progress=False,
-    )
+    first = runner.run_notebook(nb, params, overrides, out_dir=tmp_path / "1", progress=False)
     assert first.ok, first.describe_failure()
     assert first.summary["registered_model"] == "main.default.nb_tiny_llama"
     assert first.summary["version"] == "1"
-    second = runner.run_notebook(
-        REPO / "notebooks" / "llama_completions.ipynb",
-        params,
-        {**overrides, "teardown": "true"},
-        out_dir=tmp_path / "second",
-        progress=False,
-    )
+    assert first.summary["endpoint_served_versions"] == ["1"]
+    assert first.summary["sample_completion"]
+
+    second = runner.run_notebook(nb, params, overrides, out_dir=tmp_path / "2", progress=False)
     assert second.ok, second.describe_failure()
     assert second.summary["version"] == "2"
-    assert second.summary["endpoint_served_version"] == "2"
-    assert second.summary["endpoint_deleted"] is True
-    text = second.output.read_text()
-    assert "Bearer" not in text and "DATABRICKS_TOKEN=" not in text
+    assert second.summary["endpoint_served_versions"] == ["2"]
+
+    third = runner.run_notebook(
+        nb,
+        params,
+        {**overrides, "steps": "smoke_test", "teardown": "true"},
+        out_dir=tmp_path / "3",
+        progress=False,
+    )
+    assert third.ok, third.describe_failure()
+    assert third.summary["version"] == "2"
+    assert third.summary["registry_smoke_completion"] is None  # register step skipped
+    assert third.summary["sample_completion"]
+    assert third.summary["endpoint_deleted"] is True
+    assert third.summary["endpoint_served_versions"] == []
+    for run in (first, second, third):
+        text = run.output.read_text()
+        assert "Bearer" not in text and "DATABRICKS_TOKEN" not in text
 
 
 @pytest.mark.slow

@@ -57,3 +57,7 @@ class ModelVersionNotFoundError(RegistryError, LookupError):
 
 class QueryError(PtdeployError, ValueError):
     """A query to a serving endpoint has invalid arguments or got an unusable answer."""
+
+
+class WorkspaceError(PtdeployError):
+    """The local workspace server cannot be started, reached or stopped."""

@@ -1,0 +1,524 @@
+"""Start, stop and inspect the local workspace server; its token; the CLI.
+
+The server runs as a detached background process (``python -m ptdeploy.workspace.server``)
+so notebooks, tests and shells share one workspace and its endpoints outlive the
+process that started it, as on Databricks. Files in ``ptdeploy.state.workspace_dir()``:
+
+- ``token``: the bearer token, generated once with ``secrets.token_urlsafe``, readable
+  by its owner only (0600, checked and repaired on every read). It is never printed
+  except by ``ptdeploy workspace start``, whose output is meant for ``eval``, and never
+  passed on a command line (visible in ``ps``): the server reads the file itself.
+- ``server.json``: pid and port of the running server, written by the server once it
+  is listening, removed when it stops.
+- ``server.log``: the server's log (and its workers'); the token never appears in it.
+- ``control.lock``: serializes start/stop, so two processes calling ``ensure_running()``
+  at once get one server, not two.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import os
+import secrets
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ptdeploy import state
+from ptdeploy.errors import WorkspaceError
+
+TOKEN_FILE = "token"
+SERVER_FILE = "server.json"
+LOG_FILE = "server.log"
+LOCK_FILE = "control.lock"
+SERVER_MODULE = "ptdeploy.workspace.server"
+START_TIMEOUT_S = 120.0  # importing FastAPI + MLflow takes tens of seconds on a busy 2-core box
+
+# Popen objects of servers started by this process, so they are reaped (no zombies).
+_children: dict[int, subprocess.Popen[bytes]] = {}
+
+
+@dataclass(frozen=True)
+class LocalWorkspace:
+    """How to reach the running local workspace (``WorkspaceClient(host=, token=)``)."""
+
+    host: str
+    token: str = field(repr=False)
+    pid: int
+    port: int
+
+    def env(self) -> dict[str, str]:
+        """The variables the SDK's unified auth reads."""
+        return {"DATABRICKS_HOST": self.host, "DATABRICKS_TOKEN": self.token}
+
+
+@dataclass(frozen=True)
+class WorkspaceStatus:
+    running: bool
+    state_dir: Path
+    log_file: Path
+    pid: int | None = None
+    port: int | None = None
+    host: str | None = None
+    endpoints: int | None = None
+    detail: str = ""
+
+
+def _dir() -> Path:
+    path = state.workspace_dir()
+    # the directory holds the token: keep it private too
+    if stat.S_IMODE(path.stat().st_mode) & 0o077:
+        path.chmod(0o700)
+    return path
+
+
+def log_path() -> Path:
+    return _dir() / LOG_FILE
+
+
+def host_for(port: int) -> str:
+    return f"http://127.0.0.1:{port}"
+
+
+# ------------------------------------------------------------------------ token
+
+
+def read_token(create: bool = True) -> str:
+    """The workspace token; created once (0600). Permissions wider than owner-only are
+    repaired, and a token file owned by another user is refused."""
+    path = _dir() / TOKEN_FILE
+    if not path.exists():
+        if not create:
+            raise WorkspaceError(
+                f"the local workspace has no token yet ({path}); run `ptdeploy workspace start`."
+            )
+        _create_token(path)
+    info = path.stat()
+    if info.st_uid != os.getuid():
+        raise WorkspaceError(
+            f"{path} belongs to uid {info.st_uid}, not to you (uid {os.getuid()}); remove it "
+            "and start the workspace again."
+        )
+    if stat.S_IMODE(info.st_mode) != 0o600:
+        path.chmod(0o600)
+    token = path.read_text().strip()
+    if not token:
+        raise WorkspaceError(f"{path} is empty; remove it and start the workspace again.")
+    return token
+
+
+def _create_token(path: Path) -> None:
+    """Write the token to a private temporary file, then link it into place: the file
+    appears complete or not at all, and a concurrent creator's token wins cleanly."""
+    fd, tmp = tempfile.mkstemp(prefix=".token.", dir=path.parent)  # mkstemp: mode 0600
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(32) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)
+    finally:
+        os.unlink(tmp)
+
+
+# ------------------------------------------------------------------ server file
+
+
+def write_server_info(*, pid: int, port: int, detached: bool) -> None:
+    """Called by the server once it listens."""
+    path = _dir() / SERVER_FILE
+    data = json.dumps({"pid": pid, "port": port, "detached": detached, "started": time.time()})
+    fd, tmp = tempfile.mkstemp(prefix=".server.", dir=path.parent)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(data)
+    os.replace(tmp, path)
+
+
+def clear_server_info(pid: int) -> None:
+    """Remove server.json if it still describes ``pid``."""
+    info = _server_info()
+    if info is not None and info.get("pid") == pid:
+        with contextlib.suppress(FileNotFoundError):
+            (_dir() / SERVER_FILE).unlink()
+
+
+def _server_info() -> dict[str, Any] | None:
+    try:
+        info = json.loads((_dir() / SERVER_FILE).read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    return info if isinstance(info, dict) and "pid" in info and "port" in info else None
+
+
+# ---------------------------------------------------------------------- process
+
+
+def _alive(pid: int) -> bool:
+    """True if ``pid`` runs (not a zombie) and is a local workspace server."""
+    child = _children.get(pid)
+    if child is not None:
+        return child.poll() is None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: not our server
+        return False
+    proc = Path(f"/proc/{pid}")
+    if proc.is_dir():
+        try:
+            if (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                return False
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            return False
+        return SERVER_MODULE in cmdline or ("workspace" in cmdline and "--foreground" in cmdline)
+    return True
+
+
+def _kill_leftovers(session: int) -> None:
+    """Kill what is left of a crashed detached server's session (its worker processes).
+
+    The server was started in a new session whose id is its pid; a process is only
+    killed if both its session and its process group are that id.
+    """
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat_file.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        pid, pgrp, sid = int(stat_file.parent.name), int(fields[2]), int(fields[3])
+        if pgrp == session and sid == session and pid != os.getpid():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _probe(port: int, token: str, timeout: float = 3.0) -> int | None:
+    """Number of endpoints if the server on ``port`` answers with our token, else None."""
+    import requests
+
+    try:
+        resp = requests.get(
+            f"{host_for(port)}/api/2.0/serving-endpoints",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=timeout,
+        )
+    except requests.RequestException:
+        return None
+    if resp.status_code != 200:
+        return None
+    try:
+        return len(resp.json().get("endpoints", []))
+    except ValueError:
+        return None
+
+
+@contextlib.contextmanager
+def _locked() -> Iterator[None]:
+    with open(_dir() / LOCK_FILE, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _running() -> LocalWorkspace | None:
+    info = _server_info()
+    if info is None or not _alive(int(info["pid"])):
+        return None
+    token = read_token(create=True)
+    if _probe(int(info["port"]), token) is None:
+        return None
+    return LocalWorkspace(host_for(int(info["port"])), token, int(info["pid"]), int(info["port"]))
+
+
+def _tail(path: Path, lines: int = 25) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _spawn(port: int | None, timeout: float) -> LocalWorkspace:
+    token = read_token(create=True)
+    logfile = log_path()
+    # The server needs no credentials of a real workspace: keep them out of its environment.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DATABRICKS_")}
+    env["PTDEPLOY_HOME"] = str(state.state_dir())
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    lib = str(Path(__file__).resolve().parents[2])  # so `-m ptdeploy...` works uninstalled
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (lib, env.get("PYTHONPATH")) if p)
+    # a stale server.json must not be mistaken for the new server's
+    with contextlib.suppress(FileNotFoundError):
+        (_dir() / SERVER_FILE).unlink()
+    with open(logfile, "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", SERVER_MODULE, "--port", str(port or 0), "--detached"],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=str(state.state_dir()),
+            env=env,
+            start_new_session=True,  # detached: survives the terminal, own process group
+        )
+    _children[proc.pid] = proc
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise WorkspaceError(
+                f"the local workspace server exited with code {proc.returncode} while starting. "
+                f"Last lines of {logfile}:\n{_tail(logfile)}"
+            )
+        info = _server_info()
+        if (
+            info is not None
+            and info.get("pid") == proc.pid
+            and _probe(int(info["port"]), token, timeout=2.0) is not None
+        ):
+            return LocalWorkspace(host_for(int(info["port"])), token, proc.pid, int(info["port"]))
+        time.sleep(0.2)
+    _terminate(proc.pid, detached=True, timeout=10.0)
+    raise WorkspaceError(
+        f"the local workspace server did not answer within {timeout:.0f}s; it was stopped. "
+        f"Last lines of {logfile}:\n{_tail(logfile)}"
+    )
+
+
+def _terminate(pid: int, *, detached: bool, timeout: float) -> None:
+    """SIGTERM (graceful: workers are stopped by the server), then SIGKILL."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if _alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    if detached:  # leftovers of its process group (worker processes)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+    child = _children.pop(pid, None)
+    if child is not None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.wait(timeout=5)
+
+
+# ------------------------------------------------------------------------- API
+
+
+def start(
+    port: int | None = None, foreground: bool = False, timeout: float = START_TIMEOUT_S
+) -> LocalWorkspace:
+    """Start the server (or reuse the running one) and return how to reach it.
+
+    ``foreground=True`` serves in this process until interrupted and returns the
+    workspace it served once it has stopped.
+    """
+    if port is not None and not 0 < port < 65536:
+        raise WorkspaceError(
+            f"port={port} is not valid: use 1 to 65535, or leave it out for any free port."
+        )
+    if foreground:
+        return _serve_foreground(port)
+    with _locked():
+        running = _running() or _recover()
+        if running is not None:
+            if port is not None and port != running.port:
+                raise WorkspaceError(
+                    f"the local workspace already runs on port {running.port} (pid {running.pid}); "
+                    "run `ptdeploy workspace stop` first to use another port."
+                )
+            return running
+        return _spawn(port, timeout)
+
+
+def _serve_foreground(port: int | None, on_listening: Any = None) -> LocalWorkspace:
+    from ptdeploy.workspace import server
+
+    with _locked():
+        running = _running()
+        if running is not None:
+            raise WorkspaceError(
+                f"the local workspace already runs in the background (pid {running.pid}, "
+                f"{running.host}); run `ptdeploy workspace stop` first."
+            )
+    bound: dict[str, int] = {}
+
+    def listening(p: int) -> None:
+        bound["port"] = p
+        if on_listening is not None:
+            on_listening(p)
+
+    server.run_server(port or 0, on_listening=listening)
+    p = bound.get("port", port or 0)
+    return LocalWorkspace(host_for(p), read_token(), os.getpid(), p)
+
+
+def _recover() -> LocalWorkspace | None:
+    """After a failed quick probe: the server if it was only slow, else clear what a dead
+    (or hung) previous server left so a new one can start."""
+    info = _server_info()
+    if info is None:
+        return None
+    pid, port, detached = int(info["pid"]), int(info["port"]), bool(info.get("detached"))
+    if _alive(pid):
+        # Give a busy machine a fair chance before declaring the server hung.
+        token = read_token()
+        if _probe(port, token, timeout=15.0) is not None:
+            return LocalWorkspace(host_for(port), token, pid, port)
+        if not detached:
+            raise WorkspaceError(
+                f"a foreground local workspace (pid {pid}) runs but does not answer on "
+                f"{host_for(port)}; stop it (Ctrl-C or `ptdeploy workspace stop`) first."
+            )
+        print(f"local workspace: pid {pid} does not answer; restarting it", file=sys.stderr)
+        _terminate(pid, detached=True, timeout=10.0)
+    elif detached:
+        _kill_leftovers(pid)
+    with contextlib.suppress(FileNotFoundError):
+        (_dir() / SERVER_FILE).unlink()
+    return None
+
+
+def ensure_running(timeout: float = START_TIMEOUT_S) -> LocalWorkspace:
+    """The running workspace, started if needed (dead or missing server: start anew).
+
+    Safe to call from several processes at once: the control lock makes one start it
+    and the others reuse it.
+    """
+    return start(None, timeout=timeout)
+
+
+def stop(quiet: bool = False, timeout: float = 30.0) -> bool:
+    """Stop the server (and its workers); True if one was running."""
+    with _locked():
+        info = _server_info()
+        if info is None or not _alive(int(info["pid"])):
+            _recover()
+            if not quiet:
+                print("local workspace: not running", file=sys.stderr)
+            return False
+        pid = int(info["pid"])
+        _terminate(pid, detached=bool(info.get("detached")), timeout=timeout)
+        clear_server_info(pid)
+        if not quiet:
+            print(f"local workspace: stopped (pid {pid})", file=sys.stderr)
+        return True
+
+
+def status() -> WorkspaceStatus:
+    info = _server_info()
+    base = {"state_dir": state.state_dir(), "log_file": log_path()}
+    if info is None:
+        return WorkspaceStatus(running=False, detail="not started", **base)
+    pid, port = int(info["pid"]), int(info["port"])
+    if not _alive(pid):
+        return WorkspaceStatus(
+            running=False,
+            pid=pid,
+            port=port,
+            detail=f"pid {pid} is gone (stale {SERVER_FILE})",
+            **base,
+        )
+    endpoints = _probe(port, read_token(create=False))
+    if endpoints is None:
+        return WorkspaceStatus(
+            running=False,
+            pid=pid,
+            port=port,
+            host=host_for(port),
+            detail="process alive but not answering",
+            **base,
+        )
+    return WorkspaceStatus(
+        running=True,
+        pid=pid,
+        port=port,
+        host=host_for(port),
+        endpoints=endpoints,
+        detail="running",
+        **base,
+    )
+
+
+# ------------------------------------------------------------------------- CLI
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = sub.add_parser(
+        "start",
+        help="start the local workspace (prints DATABRICKS_HOST/DATABRICKS_TOKEN for eval)",
+        description="Start the local workspace in the background, or reuse the running one, "
+        "and print `export DATABRICKS_HOST=...` and `export DATABRICKS_TOKEN=...` lines: "
+        "`eval $(ptdeploy workspace start)` points the Databricks SDK, MLflow and the "
+        "Databricks CLI at it.",
+    )
+    p.add_argument(
+        "--port", type=int, default=None, help="port on 127.0.0.1 (default: any free port)"
+    )
+    p.add_argument("--foreground", action="store_true", help="serve in this process until Ctrl-C")
+    sub.add_parser("stop", help="stop the local workspace and its workers")
+    sub.add_parser("status", help="is the local workspace running, where, how many endpoints")
+
+
+def _print_env(ws_host: str, token: str) -> None:
+    print(f"export DATABRICKS_HOST={ws_host}")
+    print(f"export DATABRICKS_TOKEN={token}", flush=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        if args.action == "start":
+            if args.foreground:
+
+                def listening(p: int) -> None:
+                    _print_env(host_for(p), read_token())
+                    print(
+                        f"local workspace: serving on {host_for(p)} (Ctrl-C stops it)",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+
+                try:
+                    _serve_foreground(args.port, on_listening=listening)
+                except KeyboardInterrupt:  # Ctrl-C: uvicorn shut down cleanly, then re-raised
+                    pass
+                print("local workspace: stopped", file=sys.stderr)
+                return 0
+            ws = start(args.port)
+            _print_env(ws.host, ws.token)
+            print(
+                f"local workspace: running on {ws.host} (pid {ws.pid}, log {log_path()})",
+                file=sys.stderr,
+            )
+            return 0
+        if args.action == "stop":
+            stop()
+            return 0
+        st = status()
+        print(f"running: {'yes' if st.running else 'no'} ({st.detail})")
+        if st.host:
+            print(f"host: {st.host}")
+        if st.pid:
+            print(f"pid: {st.pid}")
+        if st.endpoints is not None:
+            print(f"endpoints: {st.endpoints}")
+        print(f"state dir: {st.state_dir}")
+        print(f"log: {st.log_file}")
+        return 0 if st.running else 1
+    except WorkspaceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,1100 @@
+"""The local workspace's inference engine: a registered model, served as Databricks serves it.
+
+Why not MLflow's ``transformers`` pyfunc: it ignores ``logprobs``, fails on ``n > 1``,
+samples by default, returns un-pooled CLS embeddings and, when served, ignores
+``max_tokens`` (see DESIGN.md). The engine loads the logged *components* (weights and
+tokenizer, straight from the artifacts with ``from_pretrained``: 0.3 s for tiny-llama where
+``mlflow.transformers.load_model`` takes 7 s) and runs its own generation loop.
+
+What a request gets (and the choices made where the APIs leave room):
+
+- ``temperature == 0``: greedy, exact and deterministic. ``temperature > 0``: sampling
+  from the softmax of ``logits / temperature`` restricted by ``top_k`` and ``top_p``.
+  The default temperature is Databricks' 1.0.
+- ``max_tokens``: the maximum number of generated tokens. Absent: ``DEFAULT_MAX_TOKENS``
+  (256), clamped to the context. Given and too large for the context: an error
+  (completions with ``error_behavior="truncate"`` clamp instead).
+- ``stop``: the text is cut before the first occurrence of any stop sequence and the
+  choice finishes with ``stop``; so does the end-of-sequence token. Reaching
+  ``max_tokens`` (or the context length) finishes with ``length``.
+- ``usage``: ``prompt_tokens`` counts each prompt once (not once per choice), as the
+  tokenizer encodes it for the model (special tokens and chat template included);
+  ``completion_tokens`` counts every token the model generated for every choice, up to
+  and including the one that completed a stop sequence or the end-of-sequence token.
+  Tokens after a stop are never generated. ``total_tokens`` is their sum.
+- ``logprobs``/``top_logprobs``: log-softmax of the model's *raw* logits (before
+  temperature, top-k and top-p), for the tokens that make up the returned text (the
+  end-of-sequence token and tokens lying wholly inside a cut stop sequence are left out).
+- ``n``: n choices per prompt; with greedy decoding they are identical, so the engine
+  generates once and copies (usage still counts n choices).
+- Embeddings: inputs truncated to the model's maximum length, pooled as the logged
+  ``metadata["pooling"]`` says (``{"mode": "cls"|"mean"|"max"|"mean_sqrt_len"|"lasttoken",
+  "normalize": bool, "max_seq_length": int?}``, written by ptdeploy from the model's
+  sentence-transformers config). Without it: CLS pooling, not normalized, which is
+  what GTE and BGE use.
+
+Batching. Requests are served together in one generation loop: prompts left-padded to
+one length, per-row positions, per-row settings (greedy and sampled rows, different
+``max_tokens`` and ``stop`` mix in one batch) and per-row stopping (a finished row
+leaves the batch and its KV cache). Greedy results with batching are bitwise identical
+to unbatched ones on Llama-family models. That is not free on a CPU; two things break
+it and the engine fixes both:
+
+1. Matrix products are not batch-invariant: MKL's sgemm computes a row's dot products
+   in a different order depending on the number of rows (measured here, AVX2, 1-2
+   threads: results differ for M < 4 and M in 5-7, 9-11, and agree for every M that is a
+   multiple of 4 or >= 12). Each ``nn.Linear`` therefore pads its rows to a multiple of 4.
+2. Attention over a left-padded batch sums over masked keys and shifted positions,
+   which rounds differently. The engine registers a row-wise attention
+   (``ptdeploy_rowwise``): each row attends only to its own valid keys, with exactly
+   the shapes it would have alone.
+
+Greedy argmax over logits that differ in the 7th digit can pick another token, so this
+is what makes "same request, same answer, whatever else is in the batch" true. The
+engine checks it when it loads (``Engine.batch_invariant``); a model family where it does
+not hold is still served correctly, through the standard masked attention.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import time
+import types
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ptdeploy.errors import PtdeployError
+from ptdeploy.workspace.schemas import (
+    DEFAULT_MAX_TOKENS,
+    TASK_CHAT,
+    TASK_COMPLETIONS,
+    TASK_EMBEDDINGS,
+    TASKS,
+    ChatRequest,
+    Choice,
+    CompletionRequest,
+    EmbeddingRequest,
+    InvalidRequestError,
+    Request,
+    TokenLogprob,
+    TopLogprob,
+    Usage,
+    chat_response,
+    completion_response,
+    embedding_response,
+    parse_request,
+)
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+ROWWISE_ATTENTION = "ptdeploy_rowwise"
+POOLING_MODES = ("cls", "mean", "max", "mean_sqrt_len", "lasttoken")
+DEFAULT_POOLING: dict[str, Any] = {"mode": "cls", "normalize": False}
+# Families whose attention modules go through transformers' attention interface with the
+# standard (module, query, key, value, mask, scaling) contract and no sliding window.
+ROWWISE_MODEL_TYPES = ("llama",)
+LINEAR_ROW_MULTIPLE = 4
+
+
+class ModelLoadError(PtdeployError):
+    """A registered model version cannot be loaded for serving."""
+
+
+# ------------------------------------------------------------------ throughput estimate
+
+# Calibrated with this engine on the project's 2-core machine (float32): see
+# estimate_tokens_per_second.
+STEP_OVERHEAD_S = 0.003  # Python and kernel launches of one decode step (tiny-llama)
+MEMORY_BANDWIDTH = 4.0e9  # bytes/s: a decode step reads every float32 weight once
+CPU_FLOPS = 2.0e10  # sustained FLOP/s of skinny (8-row) matmuls
+ENCODER_FLOPS = 1.2e11  # sustained FLOP/s of an encoder's full-batch forward pass
+DECODE_BATCH = 8
+
+
+def estimate_tokens_per_second(parameter_count: int, kind: str = "causal-lm") -> int:
+    """Tokens per second one local worker sustains: the local ``throughput_chunk_size``.
+
+    On Databricks a chunk is what one unit of GPU capacity sustains for the model; the
+    local unit is one worker process. This is a formula, not a measurement at request
+    time, so ``get-model-optimization-info`` answers the same number every time
+    (notebooks compute multiples of it):
+
+    - causal LMs generate in batched decode steps of ``DECODE_BATCH`` sequences; a step
+      reads every weight once (memory bound on a CPU) and computes ``2 * P`` FLOPs per
+      sequence: ``tokens/s = B / (STEP_OVERHEAD_S + 4P / MEMORY_BANDWIDTH + B * 2P / CPU_FLOPS)``;
+    - encoders (``kind="encoder"``) embed whole batches in one forward pass:
+      ``tokens/s = ENCODER_FLOPS / 2P``.
+
+    Calibration (this engine, 2 cores, other work running): tiny-llama (0.14 M
+    parameters) about 2,500 tokens/s at batch 8; SmolLM2-135M 20-30 tokens/s at batch 8
+    (8 at batch 1); all-MiniLM-L6-v2 (22.7 M) about 3,000 tokens/s at batch 32. The
+    formula gives 2,460, 32 and 2,640. The result is at least 1.
+    """
+    p = max(int(parameter_count), 1)
+    if kind == "encoder":
+        tps = ENCODER_FLOPS / (2.0 * p)
+    else:
+        step = STEP_OVERHEAD_S + 4.0 * p / MEMORY_BANDWIDTH + DECODE_BATCH * 2.0 * p / CPU_FLOPS
+        tps = DECODE_BATCH / step
+    return max(1, int(tps))
+
+
+# ------------------------------------------------------------------ batch invariance
+
+
+def _invariant_linear_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
+    """``nn.Linear.forward`` with rows padded to a multiple of 4 (see module docstring)."""
+    import torch
+    import torch.nn.functional as F
+
+    shape = x.shape
+    rows = x.reshape(-1, shape[-1])
+    m = rows.shape[0]
+    pad = (-m) % LINEAR_ROW_MULTIPLE
+    if pad:
+        rows = torch.cat([rows, rows.new_zeros(pad, shape[-1])])
+    out = F.linear(rows, self.weight, self.bias)
+    if pad:
+        out = out[:m]
+    return out.reshape(*shape[:-1], out.shape[-1])
+
+
+def _rowwise_attention(
+    module: Any,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    is_causal: bool | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """Attention where each row sees only its own keys, with the shapes it has alone.
+
+    ``ptdeploy_kv_start`` (passed by the engine through the model's forward kwargs) is
+    each row's number of left-padding positions. Without it (the model used outside
+    the engine) this is plain SDPA with transformers' mask.
+    """
+    import torch.nn.functional as F
+    from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+
+    starts = kwargs.pop("ptdeploy_kv_start", None)
+    if starts is None:
+        return sdpa_attention_forward(
+            module,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=dropout,
+            scaling=scaling,
+            is_causal=is_causal,
+            **kwargs,
+        )
+    batch, heads, q_len, head_dim = query.shape
+    kv_len = key.shape[2]
+    if q_len not in (1, kv_len):
+        raise NotImplementedError("row-wise attention serves full prefill and 1-token decode")
+    groups = getattr(module, "num_key_value_groups", 1)
+    out = query.new_zeros(batch, q_len, heads, head_dim)
+    for b, start in enumerate(starts):
+        k = key[b : b + 1, :, start:, :]
+        v = value[b : b + 1, :, start:, :]
+        if groups > 1:
+            k, v = repeat_kv(k, groups), repeat_kv(v, groups)
+        if q_len == 1:  # decode: the new token attends to every valid key
+            q = query[b : b + 1].contiguous()
+            o = F.scaled_dot_product_attention(q, k.contiguous(), v.contiguous(), scale=scaling)
+            out[b] = o[0].transpose(0, 1)
+        else:  # prefill: valid queries, causal over valid keys
+            q = query[b : b + 1, :, start:, :].contiguous()
+            o = F.scaled_dot_product_attention(
+                q, k.contiguous(), v.contiguous(), is_causal=True, scale=scaling
+            )
+            out[b, start:] = o[0].transpose(0, 1)
+    return out, None
+
+
+def _register_rowwise_attention() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+    if ROWWISE_ATTENTION not in AttentionInterface._global_mapping:
+        AttentionInterface.register(ROWWISE_ATTENTION, _rowwise_attention)
+    if ROWWISE_ATTENTION not in ALL_MASK_ATTENTION_FUNCTIONS._global_mapping:
+        ALL_MASK_ATTENTION_FUNCTIONS.register(ROWWISE_ATTENTION, sdpa_mask)
+
+
+def make_batch_invariant(model: Any) -> bool:
+    """Switch a causal LM to row-padded linears and row-wise attention; False if unsupported."""
+    import torch
+
+    model_type = getattr(model.config, "model_type", None)
+    if model_type not in ROWWISE_MODEL_TYPES or getattr(model.config, "sliding_window", None):
+        return False
+    _register_rowwise_attention()
+    try:
+        model.set_attn_implementation(ROWWISE_ATTENTION)
+    except Exception as exc:  # a model class that refuses custom attention
+        log.warning("row-wise attention not available for %s: %s", model_type, exc)
+        return False
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            module.forward = types.MethodType(_invariant_linear_forward, module)
+    return True
+
+
+# ------------------------------------------------------------------ generation rows
+
+
+@dataclass
+class _Row:
+    """One sequence to generate."""
+
+    prompt_ids: list[int]
+    max_new_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int | None = None
+    stop: tuple[str, ...] = ()
+    top_logprobs: int | None = None  # None: no logprobs; k: the k best alternatives too
+
+
+@dataclass
+class _Generated:
+    token_ids: list[int] = field(default_factory=list)
+    # per generated token: (logprob of the chosen token, [(token id, logprob)...])
+    logprobs: list[tuple[float, list[tuple[int, float]]]] = field(default_factory=list)
+    text: str = ""
+    finish_reason: str = "length"
+    ended_by_eos: bool = False
+
+
+@dataclass
+class _Prepared:
+    """A request turned into rows, and how to build its response from their results."""
+
+    request: Request
+    rows: list[_Row]
+    choice_rows: list[int]  # choice index -> index in rows (greedy choices share a row)
+    prompt_tokens: int
+    prefixes: list[str]  # per choice: text put before the generation (echo)
+    with_logprobs: bool = False
+
+
+# ------------------------------------------------------------------ the engine
+
+
+class Engine:
+    """A model and its tokenizer, serving one ``llm/v1`` task.
+
+    The engine owns the model it is given: for Llama-family causal LMs it switches the
+    attention implementation and the linear layers to their batch-invariant forms (the
+    model keeps computing the same function, to the last bit of batch composition).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        task: str,
+        pooling: dict[str, Any] | None = None,
+        *,
+        served_name: str = "model",
+        max_batch_rows: int = 16,
+        embed_batch_rows: int = 64,
+        seed: int | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        import torch
+
+        if task not in TASKS:
+            raise ModelLoadError(f"task={task!r} is not served; valid tasks: {', '.join(TASKS)}")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.task = task
+        self.served_name = served_name
+        self.max_batch_rows = max(1, max_batch_rows)
+        self.embed_batch_rows = max(1, embed_batch_rows)
+        self.clock = clock
+        self.generator = torch.Generator()
+        self.generator.manual_seed(
+            seed if seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
+        )
+        self.pooling = self._check_pooling(pooling) if task == TASK_EMBEDDINGS else None
+        self.context_length = self._context_length()
+        self.batch_invariant = False
+        self._token_cache: dict[int, tuple[str, tuple[int, ...]]] = {}
+        if task == TASK_EMBEDDINGS:
+            self.embed_max_length = min(
+                int((pooling or {}).get("max_seq_length") or self.context_length),
+                self.context_length,
+            )
+        else:
+            if task == TASK_CHAT and not getattr(tokenizer, "chat_template", None):
+                raise ModelLoadError(
+                    "the tokenizer has no chat template, so the model cannot serve llm/v1/chat; "
+                    "log it with task='llm/v1/completions' or give the tokenizer a chat_template"
+                )
+            self.eos_ids = self._eos_ids()
+            self.pad_id = self._pad_id()
+            if make_batch_invariant(self.model):
+                self.batch_invariant = self._check_batch_invariance()
+
+    # ------------------------------------------------------------------ loading
+
+    @classmethod
+    def from_registry(
+        cls,
+        model_name: str,
+        version: str | int,
+        tracking_uri: str | None = None,
+        *,
+        dtype: str = "float32",
+        torch_threads: int | None = None,
+        **kwargs: Any,
+    ) -> Engine:
+        """Load a registered model version (its logged components) from an MLflow registry.
+
+        ``tracking_uri`` defaults to the local target's registry. The task comes from the
+        logged ``metadata.task`` (or the flavor's ``inference_task``), the embedding
+        pooling from ``metadata.pooling``. Weights load as float32 by default: bfloat16
+        matmuls are slow on CPUs without AMX, and float32 keeps results reproducible.
+        ``torch_threads`` sets torch's intra-op threads (process-wide) before loading.
+
+        The registry is read before torch and transformers are imported, so a wrong
+        name or version fails in about two seconds, not ten.
+        """
+        path, mlmodel = resolve_model_version(model_name, str(version), tracking_uri)
+        task = model_task(mlmodel, f"{model_name} version {version}")
+
+        import torch
+        from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        if torch_threads:
+            torch.set_num_threads(torch_threads)
+        hf_logging.disable_progress_bar()
+        flavor = mlmodel.flavors.get("transformers", {})
+        metadata = mlmodel.metadata or {}
+        torch_dtype = {
+            "float32": torch.float32,
+            "bfloat16": torch.bfloat16,
+            "float16": torch.float16,
+        }
+        if dtype not in torch_dtype:
+            raise ModelLoadError(f"dtype={dtype!r} is not valid; use one of {sorted(torch_dtype)}")
+        model_dir = path / str(flavor.get("model_binary", "model"))
+        tokenizer_dir = path / "components" / "tokenizer"
+        auto = AutoModel if task == TASK_EMBEDDINGS else AutoModelForCausalLM
+        try:
+            if model_dir.is_dir() and tokenizer_dir.is_dir():
+                model = auto.from_pretrained(model_dir, dtype=torch_dtype[dtype])
+                tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+            else:  # save_pretrained=False: weights come from the hub (or its local cache)
+                import mlflow.transformers
+
+                parts = mlflow.transformers.load_model(path.as_uri(), return_type="components")
+                model, tokenizer = parts["model"].to(torch_dtype[dtype]), parts["tokenizer"]
+        except Exception as exc:
+            raise ModelLoadError(
+                f"cannot load the weights of {model_name} version {version} from {path}: {exc}"
+            ) from exc
+        kwargs.setdefault("served_name", model_name)
+        return cls(model, tokenizer, task, metadata.get("pooling"), **kwargs)
+
+    def _check_pooling(self, pooling: dict[str, Any] | None) -> dict[str, Any]:
+        merged = dict(DEFAULT_POOLING)
+        merged.update(pooling or {})
+        if merged["mode"] not in POOLING_MODES:
+            raise ModelLoadError(
+                f"metadata pooling mode {merged['mode']!r} is not supported; valid modes: "
+                f"{', '.join(POOLING_MODES)}"
+            )
+        merged["normalize"] = bool(merged.get("normalize"))
+        return merged
+
+    def _context_length(self) -> int:
+        config = self.model.config
+        lengths = [
+            getattr(config, name, None)
+            for name in ("max_position_embeddings", "n_positions", "max_sequence_length")
+        ]
+        tok_max = getattr(self.tokenizer, "model_max_length", None)
+        lengths.append(tok_max if isinstance(tok_max, int) and tok_max < 1_000_000 else None)
+        known = [int(n) for n in lengths if isinstance(n, int) and n > 0]
+        return min(known) if known else 2048
+
+    def _eos_ids(self) -> frozenset[int]:
+        ids: set[int] = set()
+        gen_cfg = getattr(self.model, "generation_config", None)
+        for source in (getattr(gen_cfg, "eos_token_id", None), self.tokenizer.eos_token_id):
+            if isinstance(source, int):
+                ids.add(source)
+            elif isinstance(source, (list, tuple)):
+                ids.update(int(i) for i in source)
+        return frozenset(ids)
+
+    def _pad_id(self) -> int:
+        for candidate in (self.tokenizer.pad_token_id, self.tokenizer.eos_token_id, *self.eos_ids):
+            if isinstance(candidate, int):
+                return candidate
+        return 0
+
+    def _check_batch_invariance(self) -> bool:
+        """Prefill and one decode step of two rows, alone and together: bitwise equal?"""
+        vocab = int(self.model.config.vocab_size)
+        prompts = [[(7 * i + 3) % vocab for i in range(6)], [(5 * i + 1) % vocab for i in range(2)]]
+        rows = [_Row(p, max_new_tokens=2, top_logprobs=3) for p in prompts]
+        alone = [self._generate([r])[0] for r in rows]
+        together = self._generate(rows)
+        same = all(
+            a.token_ids == t.token_ids and a.logprobs == t.logprobs
+            for a, t in zip(alone, together, strict=True)
+        )
+        if not same:
+            log.warning("batched generation is not bitwise identical to unbatched on this model")
+        return same
+
+    # ------------------------------------------------------------------ public API
+
+    def infer(self, body: Any) -> dict[str, Any]:
+        """Validate a request body for this engine's task and serve it."""
+        return self._one(parse_request(self.task, body))
+
+    def complete(self, req: CompletionRequest | dict[str, Any]) -> dict[str, Any]:
+        return self._one(self._coerce(req, TASK_COMPLETIONS))
+
+    def chat(self, req: ChatRequest | dict[str, Any]) -> dict[str, Any]:
+        return self._one(self._coerce(req, TASK_CHAT))
+
+    def embed(self, req: EmbeddingRequest | dict[str, Any]) -> dict[str, Any]:
+        return self._one(self._coerce(req, TASK_EMBEDDINGS))
+
+    def complete_batch(
+        self, reqs: Sequence[CompletionRequest | dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        return self._all([self._coerce(r, TASK_COMPLETIONS) for r in reqs])
+
+    def chat_batch(self, reqs: Sequence[ChatRequest | dict[str, Any]]) -> list[dict[str, Any]]:
+        return self._all([self._coerce(r, TASK_CHAT) for r in reqs])
+
+    def embed_batch(
+        self, reqs: Sequence[EmbeddingRequest | dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        return self._all([self._coerce(r, TASK_EMBEDDINGS) for r in reqs])
+
+    def serve(
+        self,
+        requests: Sequence[Request],
+        on_response: Callable[[int, dict[str, Any] | Exception], None] | None = None,
+    ) -> list[dict[str, Any] | Exception]:
+        """Serve validated requests together; one result (or exception) per request.
+
+        Generation requests share one batched generation loop, embedding requests one
+        forward pass per ``embed_batch_rows`` inputs. A request that fails (prompt too
+        long for the context...) fails alone. ``on_response(index, result)`` is called
+        as soon as a request's last row finishes, before slower rows of the batch.
+        """
+        results: list[dict[str, Any] | Exception | None] = [None] * len(requests)
+
+        def done(i: int, result: dict[str, Any] | Exception) -> None:
+            results[i] = result
+            if on_response is not None:
+                on_response(i, result)
+
+        embeds = [i for i, r in enumerate(requests) if isinstance(r, EmbeddingRequest)]
+        gens = [i for i, r in enumerate(requests) if not isinstance(r, EmbeddingRequest)]
+        if embeds:
+            self._serve_isolated(self._serve_embeddings, [(i, requests[i]) for i in embeds], done)
+        if gens:
+            self._serve_isolated(self._serve_generation, [(i, requests[i]) for i in gens], done)
+        return [r if r is not None else RuntimeError("no result") for r in results]
+
+    # ------------------------------------------------------------------ internals
+
+    def _coerce(self, req: Any, task: str) -> Request:
+        return parse_request(task, req) if isinstance(req, dict) else req
+
+    def _one(self, req: Request) -> dict[str, Any]:
+        result = self.serve([req])[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def _all(self, reqs: list[Request]) -> list[dict[str, Any]]:
+        results = self.serve(reqs)
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+        return results  # type: ignore[return-value]
+
+    def _serve_isolated(
+        self,
+        serve: Callable[[list[tuple[int, Request]], Callable[..., None]], None],
+        items: list[tuple[int, Request]],
+        done: Callable[[int, dict[str, Any] | Exception], None],
+    ) -> None:
+        """Serve items together; if the batch itself fails, serve them one by one.
+
+        A failure the engine did not foresee (a tokenizer or model error on one input)
+        then reaches only the request that caused it.
+        """
+        answered: set[int] = set()
+
+        def track(i: int, result: dict[str, Any] | Exception) -> None:
+            answered.add(i)
+            done(i, result)
+
+        try:
+            serve(items, track)
+        except Exception as exc:
+            rest = [(i, r) for i, r in items if i not in answered]
+            if len(rest) == 1:
+                done(rest[0][0], exc)
+                return
+            for i, req in rest:
+                try:
+                    serve([(i, req)], done)
+                except Exception as single_exc:
+                    done(i, single_exc)
+
+    # ----------------------------------------------------------- generation requests
+
+    def _serve_generation(
+        self, items: list[tuple[int, Request]], done: Callable[..., None]
+    ) -> None:
+        prepared: dict[int, _Prepared] = {}
+        for i, req in items:
+            try:
+                prepared[i] = self._prepare(req)
+            except InvalidRequestError as exc:
+                done(i, exc)
+        rows: list[_Row] = []
+        owner: list[int] = []  # row -> request index
+        for i, prep in prepared.items():
+            rows.extend(prep.rows)
+            owner.extend([i] * len(prep.rows))
+        remaining = {i: len(p.rows) for i, p in prepared.items()}
+        generated: list[_Generated | None] = [None] * len(rows)
+        first_row = {}
+        for r, i in enumerate(owner):
+            first_row.setdefault(i, r)
+
+        def row_done(r: int, gen: _Generated) -> None:
+            generated[r] = gen
+            i = owner[r]
+            remaining[i] -= 1
+            if remaining[i] == 0:
+                start = first_row[i]
+                mine = [g for g in generated[start : start + len(prepared[i].rows)]]
+                done(i, self._respond(prepared[i], mine))  # type: ignore[arg-type]
+
+        self._generate(rows, row_done)
+
+    def _prepare(self, req: Request) -> _Prepared:
+        if isinstance(req, ChatRequest):
+            if self.task == TASK_EMBEDDINGS:
+                raise InvalidRequestError(
+                    "messages", "This model serves llm/v1/embeddings, not chat."
+                )
+            prompt_ids = [self._chat_ids(req)]
+            prefixes = [""]
+            top = (req.top_logprobs or 0) if req.logprobs else None
+            truncate = False
+            with_logprobs = req.logprobs
+        elif isinstance(req, CompletionRequest):
+            if self.task == TASK_EMBEDDINGS:
+                raise InvalidRequestError(
+                    "prompt", "This model serves llm/v1/embeddings, not completions."
+                )
+            prompt_ids = [self._prompt_ids(p, i, req) for i, p in enumerate(req.prompts)]
+            prefixes = req.prompts if req.echo else [""] * len(req.prompts)
+            top = req.logprobs
+            truncate = req.error_behavior == "truncate"
+            with_logprobs = req.logprobs is not None
+        else:
+            raise InvalidRequestError("input", f"This model serves {self.task}, not embeddings.")
+        rows: list[_Row] = []
+        choice_rows: list[int] = []
+        choice_prefixes: list[str] = []
+        for p, ids in enumerate(prompt_ids):
+            max_new = self._max_new_tokens(req, len(ids), p, truncate)
+            copies = 1 if req.greedy else req.n
+            first = len(rows)
+            for _ in range(copies):
+                rows.append(
+                    _Row(
+                        ids,
+                        max_new,
+                        temperature=req.temperature,
+                        top_p=req.top_p,
+                        top_k=req.top_k,
+                        stop=req.stop,
+                        top_logprobs=top,
+                    )
+                )
+            for c in range(req.n):
+                choice_rows.append(first + (0 if req.greedy else c))
+                choice_prefixes.append(prefixes[p])
+        return _Prepared(
+            req,
+            rows,
+            choice_rows,
+            sum(len(ids) for ids in prompt_ids),
+            choice_prefixes,
+            with_logprobs,
+        )
+
+    def _chat_ids(self, req: ChatRequest) -> list[int]:
+        messages = [{"role": m.role, "content": m.text} for m in req.messages]
+        try:
+            text = self.tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=True
+            )
+        except Exception as exc:  # templates may refuse role orders (e.g. system not first)
+            raise InvalidRequestError(
+                "messages", f"Invalid messages: the model's chat template refused them: {exc}"
+            ) from exc
+        # The template already holds the special tokens (BOS...): do not add them twice.
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) >= self.context_length:
+            raise InvalidRequestError(
+                "messages",
+                f"Invalid messages: the conversation is {len(ids)} tokens long and the model's "
+                f"context length is {self.context_length} tokens; shorten the messages.",
+            )
+        return list(ids)
+
+    def _prompt_ids(self, prompt: str, index: int, req: CompletionRequest) -> list[int]:
+        name = "prompt" if isinstance(req.prompt, str) else f"prompt[{index}]"
+        ids = list(self.tokenizer(prompt)["input_ids"])
+        if not ids:
+            bos = self.tokenizer.bos_token_id
+            if bos is None:
+                raise InvalidRequestError(
+                    name, f"Invalid {name}: it is empty (0 tokens); give some text to complete."
+                )
+            ids = [bos]
+        if len(ids) >= self.context_length:
+            if req.error_behavior == "truncate":
+                return ids[-(self.context_length - 1) :]
+            raise InvalidRequestError(
+                name,
+                f"Invalid {name}: it is {len(ids)} tokens long and the model's context length is "
+                f"{self.context_length} tokens; shorten it (or send error_behavior='truncate').",
+            )
+        return ids
+
+    def _max_new_tokens(self, req: Request, prompt_len: int, index: int, truncate: bool) -> int:
+        room = self.context_length - prompt_len
+        asked = getattr(req, "max_tokens", None)
+        if asked is None:
+            return min(DEFAULT_MAX_TOKENS, room)
+        if asked > room and not truncate:
+            raise InvalidRequestError(
+                "max_tokens",
+                f"Invalid max_tokens: {asked}. The prompt{'' if index == 0 else f' {index}'} has "
+                f"{prompt_len} tokens and the model's context length is {self.context_length}, "
+                f"so max_tokens must be at most {room}.",
+            )
+        return min(asked, room)
+
+    def _respond(self, prep: _Prepared, generated: list[_Generated]) -> dict[str, Any]:
+        choices = []
+        completion_tokens = 0
+        for c, r in enumerate(prep.choice_rows):
+            gen = generated[r]
+            completion_tokens += len(gen.token_ids)
+            prefix = prep.prefixes[c]
+            text = prefix + gen.text
+            req = prep.request
+            if isinstance(req, CompletionRequest) and req.suffix:
+                text += req.suffix
+            logprobs = self._token_logprobs(gen, len(prefix)) if prep.with_logprobs else None
+            choices.append(Choice(text, gen.finish_reason, logprobs))  # type: ignore[arg-type]
+        usage = Usage(prep.prompt_tokens, completion_tokens)
+        build = chat_response if isinstance(prep.request, ChatRequest) else completion_response
+        return build(
+            choices,
+            usage,
+            model=self.served_name,
+            with_logprobs=prep.with_logprobs,
+            created=int(self.clock()),
+        )
+
+    def _token_info(self, token_id: int) -> tuple[str, tuple[int, ...]]:
+        """A token as OpenAI shows it: text (or ``bytes:\\xe2\\x80`` for partial UTF-8), bytes."""
+        info = self._token_cache.get(token_id)
+        if info is None:
+            raw = token_bytes(self.tokenizer.convert_ids_to_tokens(token_id) or "")
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                text = "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
+            info = self._token_cache[token_id] = (text, tuple(raw))
+        return info
+
+    def _token_logprobs(self, gen: _Generated, offset: int) -> tuple[TokenLogprob, ...]:
+        """Logprobs of the tokens that make up the returned text."""
+        ids = gen.token_ids[:-1] if gen.ended_by_eos else gen.token_ids
+        out = []
+        start = 0
+        for k, tid in enumerate(ids):
+            if k > 0:
+                start = len(self._decode(ids[:k]))
+                if gen.finish_reason == "stop" and start >= len(gen.text):
+                    break  # this token lies inside the stop sequence that was cut off
+            chosen, top = gen.logprobs[k]
+            text, raw = self._token_info(tid)
+            alternatives = tuple(
+                TopLogprob(self._token_info(t)[0], lp, self._token_info(t)[1]) for t, lp in top
+            )
+            out.append(
+                TokenLogprob(
+                    text, chosen, raw, alternatives, text_offset=offset + min(start, len(gen.text))
+                )
+            )
+        return tuple(out)
+
+    def _decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    # ------------------------------------------------------------------ generation loop
+
+    def _generate(
+        self, rows: list[_Row], on_row_done: Callable[[int, _Generated], None] | None = None
+    ) -> list[_Generated]:
+        """Generate every row, ``max_batch_rows`` at a time (FIFO)."""
+        results: list[_Generated] = [_Generated() for _ in rows]
+        for start in range(0, len(rows), self.max_batch_rows):
+            chunk = list(range(start, min(start + self.max_batch_rows, len(rows))))
+            self._generate_chunk(rows, chunk, results, on_row_done)
+        return results
+
+    def _generate_chunk(
+        self,
+        rows: list[_Row],
+        chunk: list[int],
+        results: list[_Generated],
+        on_row_done: Callable[[int, _Generated], None] | None,
+    ) -> None:
+        import torch
+        from transformers import DynamicCache
+
+        lengths = [len(rows[r].prompt_ids) for r in chunk]
+        width = max(lengths)
+        batch = len(chunk)
+        input_ids = torch.full((batch, width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((batch, width), dtype=torch.long)
+        for b, r in enumerate(chunk):
+            input_ids[b, width - lengths[b] :] = torch.tensor(rows[r].prompt_ids, dtype=torch.long)
+            mask[b, width - lengths[b] :] = 1
+        starts = [width - n for n in lengths]
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        next_pos = torch.tensor(lengths, dtype=torch.long)
+        extra = (
+            {"ptdeploy_kv_start": starts}
+            if self.model.config._attn_implementation == ROWWISE_ATTENTION
+            else {}
+        )
+        cache = DynamicCache(config=self.model.config)
+        active = list(chunk)  # batch position -> row index
+        with torch.inference_mode():
+            out = self.model(
+                input_ids=input_ids,
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+                **extra,
+            )
+            while True:
+                logits = out.logits[:, -1, :].float()
+                next_tokens: list[int] = []
+                keep: list[int] = []
+                for b, r in enumerate(active):
+                    token = self._next_token(rows[r], results[r], logits[b])
+                    if self._finished(rows[r], results[r]):
+                        if on_row_done is not None:
+                            on_row_done(r, results[r])
+                    else:
+                        keep.append(b)
+                        next_tokens.append(token)
+                if not keep:
+                    return
+                if len(keep) < len(active):
+                    index = torch.tensor(keep, dtype=torch.long)
+                    cache.batch_select_indices(index)
+                    mask = mask[index]
+                    next_pos = next_pos[index]
+                    active = [active[b] for b in keep]
+                    starts = [starts[b] for b in keep]
+                    if extra:
+                        extra["ptdeploy_kv_start"] = starts
+                mask = torch.cat([mask, torch.ones((len(active), 1), dtype=torch.long)], dim=1)
+                out = self.model(
+                    input_ids=torch.tensor(next_tokens, dtype=torch.long)[:, None],
+                    attention_mask=mask,
+                    position_ids=next_pos[:, None].clone(),
+                    past_key_values=cache,
+                    use_cache=True,
+                    **extra,
+                )
+                next_pos += 1
+
+    def _next_token(self, row: _Row, gen: _Generated, logits: torch.Tensor) -> int:
+        import torch
+
+        if row.temperature == 0.0:
+            token = int(torch.argmax(logits))
+        else:
+            scores = logits / row.temperature
+            if row.top_k is not None and row.top_k < scores.shape[-1]:
+                kth = torch.topk(scores, row.top_k).values[-1]
+                scores = scores.masked_fill(scores < kth, -math.inf)
+            if row.top_p < 1.0:
+                sorted_scores, order = torch.sort(scores, descending=True)
+                probs = torch.softmax(sorted_scores, dim=-1)
+                # drop tokens once the mass *before* them already reaches top_p (keeps >= 1)
+                drop = (torch.cumsum(probs, dim=-1) - probs) >= row.top_p
+                scores = scores.clone()
+                scores[order[drop]] = -math.inf
+            probs = torch.softmax(scores, dim=-1)
+            token = int(torch.multinomial(probs, 1, generator=self.generator))
+        if row.top_logprobs is not None:
+            logprobs = torch.log_softmax(logits, dim=-1)
+            top: list[tuple[int, float]] = []
+            if row.top_logprobs > 0:
+                values, indices = torch.topk(logprobs, row.top_logprobs)
+                top = [(int(i), float(v)) for v, i in zip(values, indices, strict=True)]
+            gen.logprobs.append((float(logprobs[token]), top))
+        gen.token_ids.append(token)
+        return token
+
+    def _finished(self, row: _Row, gen: _Generated) -> bool:
+        token = gen.token_ids[-1]
+        if token in self.eos_ids:
+            gen.ended_by_eos = True
+            gen.finish_reason = "stop"
+            gen.text = self._decode(gen.token_ids[:-1])
+            return True
+        if row.stop:
+            text = self._decode(gen.token_ids)
+            cuts = [i for i in (text.find(s) for s in row.stop) if i >= 0]
+            if cuts:
+                gen.text = text[: min(cuts)]
+                gen.finish_reason = "stop"
+                return True
+        if len(gen.token_ids) >= row.max_new_tokens:
+            gen.text = self._decode(gen.token_ids)
+            gen.finish_reason = "length"
+            return True
+        return False
+
+    # ------------------------------------------------------------------ embeddings
+
+    def _serve_embeddings(
+        self, items: list[tuple[int, Request]], done: Callable[..., None]
+    ) -> None:
+
+        texts: list[str] = []
+        spans: list[tuple[int, int, int]] = []  # request index, first text, count
+        for i, req in items:
+            if self.task != TASK_EMBEDDINGS:
+                done(
+                    i,
+                    InvalidRequestError("input", f"This model serves {self.task}, not embeddings."),
+                )
+                continue
+            assert isinstance(req, EmbeddingRequest)
+            prefix = req.instruction or ""
+            spans.append((i, len(texts), len(req.inputs)))
+            texts.extend(prefix + t for t in req.inputs)
+        if not spans:
+            return
+        vectors: list[torch.Tensor] = []
+        counts: list[int] = []
+        for start in range(0, len(texts), self.embed_batch_rows):
+            v, c = self._embed_texts(texts[start : start + self.embed_batch_rows])
+            vectors.extend(v)
+            counts.extend(c)
+        dim = int(vectors[0].shape[-1])
+        for i, first, count in spans:
+            req = next(r for j, r in items if j == i)
+            assert isinstance(req, EmbeddingRequest)
+            if req.dimensions is not None and req.dimensions != dim:
+                done(
+                    i,
+                    InvalidRequestError(
+                        "dimensions",
+                        f"Invalid dimensions: {req.dimensions}. This model's embeddings have {dim} "
+                        "dimensions and cannot be shortened; leave dimensions out.",
+                    ),
+                )
+                continue
+            mine = vectors[first : first + count]
+            usage = Usage(sum(counts[first : first + count]))
+            done(
+                i,
+                embedding_response(
+                    [v.tolist() for v in mine],
+                    usage,
+                    model=self.served_name,
+                    encoding_format=req.encoding_format,
+                ),
+            )
+
+    def _embed_texts(self, texts: list[str]) -> tuple[list[torch.Tensor], list[int]]:
+        import torch
+
+        enc = self.tokenizer(
+            texts,
+            padding=True,
+            truncation=True,
+            max_length=self.embed_max_length,
+            return_tensors="pt",
+        )
+        with torch.inference_mode():
+            out = self.model(**enc)
+        hidden = getattr(out, "last_hidden_state", None)
+        if hidden is None:
+            hidden = out[0]
+        pooled = pool(hidden, enc["attention_mask"], self.pooling or DEFAULT_POOLING)
+        counts = [int(n) for n in enc["attention_mask"].sum(dim=1)]
+        return list(pooled.float()), counts
+
+
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2's byte-level BPE alphabet (printable stand-ins for the 256 bytes), inverted."""
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
+    chars = list(printable)
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return {chr(c): b for b, c in zip(printable, chars, strict=True)}
+
+
+_BYTE_DECODER = _byte_decoder()
+_BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+
+
+def token_bytes(raw: str) -> bytes:
+    """The exact bytes of a vocabulary entry: byte-level BPE, SentencePiece byte tokens and ``▁``."""
+    match = _BYTE_TOKEN.fullmatch(raw)
+    if match:
+        return bytes([int(match.group(1), 16)])
+    if raw and all(ch in _BYTE_DECODER for ch in raw):
+        return bytes(_BYTE_DECODER[ch] for ch in raw)
+    return raw.replace("\u2581", " ").encode("utf-8")
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: dict[str, Any]) -> torch.Tensor:
+    """Sentence embeddings from token embeddings, as sentence-transformers' Pooling does."""
+    import torch
+
+    mode = pooling.get("mode", "cls")
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    if mode == "cls":
+        pooled = hidden[:, 0]
+    elif mode in ("mean", "mean_sqrt_len"):
+        summed = (hidden * m).sum(dim=1)
+        lengths = m.sum(dim=1).clamp(min=1e-9)
+        pooled = summed / (lengths if mode == "mean" else lengths.sqrt())
+    elif mode == "max":
+        pooled = hidden.masked_fill(m == 0, -1e9).max(dim=1).values
+    elif mode == "lasttoken":  # right padding: the last valid position of each row
+        last = mask.sum(dim=1) - 1
+        pooled = hidden[torch.arange(hidden.shape[0]), last]
+    else:
+        raise ModelLoadError(f"pooling mode {mode!r} is not supported ({', '.join(POOLING_MODES)})")
+    if pooling.get("normalize"):
+        pooled = torch.nn.functional.normalize(pooled, p=2, dim=-1)
+    return pooled
+
+
+# ------------------------------------------------------------------ registry
+
+
+def resolve_model_version(
+    model_name: str, version: str, tracking_uri: str | None = None
+) -> tuple[Path, Any]:
+    """The local directory of a registered model version's artifacts, and its MLmodel.
+
+    With the local target's file artifact store this is the artifact directory itself
+    (nothing is copied); other stores are downloaded once to a temporary directory.
+    """
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+    from mlflow.models import Model
+
+    from ptdeploy import state
+
+    uri = tracking_uri or state.tracking_uri()
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    try:
+        mv = client.get_model_version(model_name, version)
+    except MlflowException as exc:
+        hint = ""
+        try:
+            versions = sorted(
+                (v.version for v in client.search_model_versions(f"name='{model_name}'")),
+                key=lambda v: int(v) if str(v).isdigit() else 0,
+            )
+            hint = (
+                f" Registered versions of {model_name}: {', '.join(map(str, versions))}."
+                if versions
+                else f" No model named {model_name} is registered there."
+            )
+        except Exception:
+            pass
+        raise ModelLoadError(
+            f"Model {model_name} version {version} is not in the registry at {uri}: "
+            f"{exc.message if hasattr(exc, 'message') else exc}.{hint}"
+        ) from exc
+    if mv.status != "READY":
+        raise ModelLoadError(
+            f"Model {model_name} version {version} is {mv.status}, not READY: "
+            f"{mv.status_message or 'wait for the registration to finish'}."
+        )
+    download_uri = client.get_model_version_download_uri(model_name, version)
+    try:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=download_uri, tracking_uri=uri)
+        mlmodel = Model.load(local)
+    except Exception as exc:
+        raise ModelLoadError(
+            f"cannot read the artifacts of {model_name} version {version} at {download_uri}: {exc}"
+        ) from exc
+    return Path(local), mlmodel
+
+
+def model_task(mlmodel: Any, what: str = "the model") -> str:
+    """The ``llm/v1`` task a logged model serves, from its metadata or flavor."""
+    metadata = mlmodel.metadata or {}
+    flavor = mlmodel.flavors.get("transformers", {})
+    task = metadata.get("task") or flavor.get("inference_task")
+    if task in TASKS:
+        return task
+    pipeline_task = flavor.get("task")
+    raise ModelLoadError(
+        f"{what} was not logged for an llm/v1 task (metadata task {task!r}, pipeline task "
+        f"{pipeline_task!r}); log it with task= one of {', '.join(TASKS)} to serve it."
+    )

@@ -1,0 +1,571 @@
+"""Load test: bounding, error recording, percentiles, token rates, payloads, CLI.
+
+Most tests drive ``run_load_test`` with a fake ``WorkspaceClient``-like object whose
+``serving_endpoints.query`` advances an injected clock, so durations and latencies are
+exact numbers and nothing sleeps. Two tests go through the real databricks-sdk against a
+stdlib HTTP server answering like a serving endpoint (usage parsing, 429 recording).
+The lead adds the end-to-end run against the local workspace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from databricks.sdk.errors.platform import NotFound, TooManyRequests
+from databricks.sdk.service.serving import (
+    ChatMessage,
+    QueryEndpointResponse,
+    ServingEndpointDetailed,
+)
+from ptdeploy import loadtest
+from ptdeploy.errors import EndpointError, ParameterError
+from ptdeploy.loadtest import Task, percentile, run_load_test
+
+
+class FakeClock:
+    """A thread-safe clock that only moves when a fake request says so."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self._lock = threading.Lock()
+
+    def __call__(self) -> float:
+        with self._lock:
+            return self.now
+
+    def advance(self, seconds: float) -> None:
+        with self._lock:
+            self.now += seconds
+
+
+def completion(prompt_tokens: int = 10, completion_tokens: int = 30) -> QueryEndpointResponse:
+    return QueryEndpointResponse.from_dict(
+        {
+            "object": "text_completion",
+            "choices": [{"index": 0, "text": "..."}],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+        }
+    )
+
+
+class FakeServingEndpoints:
+    """``query`` runs ``behaviour(call_number, kwargs)``, which returns (latency, response)
+    or raises after advancing the clock; ``get`` returns ``endpoint``."""
+
+    def __init__(self, clock: FakeClock, behaviour, endpoint: dict | None = None) -> None:
+        self.clock = clock
+        self.behaviour = behaviour
+        self.endpoint = endpoint
+        self.calls: list[dict] = []
+        self._lock = threading.Lock()
+
+    def query(self, name: str, **kwargs):
+        with self._lock:
+            number = len(self.calls)
+            self.calls.append({"name": name, **kwargs})
+        latency, response = self.behaviour(number, kwargs)
+        self.clock.advance(latency)
+        return response
+
+    def get(self, name: str):
+        if self.endpoint is None:
+            raise NotFound(f"Endpoint with name '{name}' does not exist.")
+        return ServingEndpointDetailed.from_dict({"name": name, **self.endpoint})
+
+
+class FakeWorkspace:
+    def __init__(self, behaviour, endpoint: dict | None = None) -> None:
+        self.clock = FakeClock()
+        self.serving_endpoints = FakeServingEndpoints(self.clock, behaviour, endpoint)
+
+
+def constant(latency: float = 1.0, **usage):
+    return lambda number, kwargs: (latency, completion(**usage))
+
+
+def run(fake: FakeWorkspace, **kwargs):
+    kwargs.setdefault("task", "completions")
+    kwargs.setdefault("progress", False)
+    return run_load_test(fake, "ep", clock=fake.clock, **kwargs)
+
+
+# --------------------------------------------------------------------------- bounding
+
+
+def test_count_cap_per_level():
+    fake = FakeWorkspace(constant(0.5))
+    result = run(fake, concurrency=(1, 2, 4), requests_per_level=3, max_seconds_per_level=1e6)
+    assert [lv.requests for lv in result.levels] == [3, 3, 3]
+    assert [lv.stop_reason for lv in result.levels] == ["requests"] * 3
+    assert len(fake.serving_endpoints.calls) == 9
+    assert [s.concurrency for s in result.samples] == [1] * 3 + [2] * 3 + [4] * 3
+
+
+def test_duration_cap_at_concurrency_one():
+    # Each request takes 1 s of fake time; none is issued once 5 s have passed:
+    # requests start at t = 0, 1, 2, 3, 4.
+    fake = FakeWorkspace(constant(1.0))
+    result = run(fake, concurrency=(1,), requests_per_level=1000, max_seconds_per_level=5)
+    (level,) = result.levels
+    assert level.requests == 5
+    assert level.stop_reason == "duration"
+    assert level.duration_s == pytest.approx(5.0)
+    assert level.requests_per_second == pytest.approx(1.0)
+    assert [s.start_s for s in result.samples] == pytest.approx([0, 1, 2, 3, 4])
+
+
+def test_duration_cap_with_parallel_workers():
+    # Time moves 1 s per completed request. A request is issued only while fewer than 5
+    # have completed, and at most 4 are in flight: between 5 and 5 + 4 - 1 requests.
+    fake = FakeWorkspace(constant(1.0))
+    result = run(fake, concurrency=(4,), requests_per_level=1000, max_seconds_per_level=5)
+    (level,) = result.levels
+    assert 5 <= level.requests <= 8
+    assert level.stop_reason == "duration"
+
+
+def test_levels_really_run_in_parallel():
+    # Three requests must be in flight together to pass the barrier; fewer workers would
+    # break it (BrokenBarrierError is then recorded as an error).
+    barrier = threading.Barrier(3, timeout=20)
+
+    def behaviour(number, kwargs):
+        barrier.wait()
+        return 0.1, completion()
+
+    fake = FakeWorkspace(behaviour)
+    result = run(fake, concurrency=(3,), requests_per_level=6, max_seconds_per_level=1e6)
+    assert result.levels[0].requests == 6
+    assert result.levels[0].errors == 0
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def test_percentiles_on_known_latencies():
+    latencies = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
+    fake = FakeWorkspace(lambda number, kwargs: (latencies[number], completion()))
+    result = run(fake, concurrency=(1,), requests_per_level=10, max_seconds_per_level=1e6)
+    (level,) = result.levels
+    # Linear interpolation: position (n - 1) * q = 9 * q.
+    # p50: 9 * 0.50 = 4.5  -> 0.5 + 0.5 * (0.6 - 0.5) = 0.55
+    # p95: 9 * 0.95 = 8.55 -> 0.9 + 0.55 * (1.0 - 0.9) = 0.955
+    # p99: 9 * 0.99 = 8.91 -> 0.9 + 0.91 * (1.0 - 0.9) = 0.991
+    assert level.p50_latency_s == pytest.approx(0.55)
+    assert level.p95_latency_s == pytest.approx(0.955)
+    assert level.p99_latency_s == pytest.approx(0.991)
+    assert level.mean_latency_s == pytest.approx(0.55)
+    assert level.duration_s == pytest.approx(5.5)
+    assert level.requests_per_second == pytest.approx(10 / 5.5)
+    assert [s.latency_s for s in result.samples] == pytest.approx(latencies)
+
+
+def test_percentile_function():
+    assert percentile([4, 1, 3, 2], 50) == pytest.approx(2.5)
+    assert percentile([7.0], 99) == 7.0
+    assert percentile([], 50) is None
+    assert percentile([1, 2], 0) == 1 and percentile([1, 2], 100) == 2
+
+
+def test_token_rates_from_usage():
+    # 4 requests of 0.5 s each at concurrency 1: 2 s. 30 output tokens and 40 in total
+    # per request: 120 / 2 = 60 output tokens/s, 160 / 2 = 80 tokens/s.
+    fake = FakeWorkspace(constant(0.5, prompt_tokens=10, completion_tokens=30))
+    result = run(fake, concurrency=(1,), requests_per_level=4, max_seconds_per_level=1e6)
+    (level,) = result.levels
+    assert level.output_tokens_per_second == pytest.approx(60)
+    assert level.total_tokens_per_second == pytest.approx(80)
+    assert {(s.input_tokens, s.output_tokens, s.total_tokens) for s in result.samples} == {
+        (10, 30, 40)
+    }
+
+
+def test_usage_as_dict_without_total_and_missing_usage():
+    responses = [
+        {"usage": {"prompt_tokens": 5, "completion_tokens": 7}},  # no total: 5 + 7
+        {"predictions": [1]},  # no usage at all
+    ]
+    fake = FakeWorkspace(lambda number, kwargs: (1.0, responses[number]))
+    result = run(fake, concurrency=(1,), requests_per_level=2, max_seconds_per_level=1e6)
+    assert (result.samples[0].total_tokens, result.samples[1].total_tokens) == (12, None)
+    # Rates use the requests that reported usage, over the level's 2 s.
+    assert result.levels[0].total_tokens_per_second == pytest.approx(12 / 2)
+
+
+def test_no_usage_anywhere_gives_no_token_rate():
+    fake = FakeWorkspace(lambda number, kwargs: (1.0, {"predictions": [0.1]}))
+    result = run(fake, concurrency=(1,), requests_per_level=2, max_seconds_per_level=1e6)
+    assert result.levels[0].total_tokens_per_second is None
+    assert result.levels[0].requests_per_second == pytest.approx(1.0)
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def test_errors_are_recorded_not_raised():
+    def behaviour(number, kwargs):
+        if number == 1:
+            raise TooManyRequests("slow down", error_code="REQUEST_LIMIT_EXCEEDED")
+        if number == 2:
+            raise RuntimeError("boom")
+        if number == 3:
+            try:
+                raise NotFound("no such endpoint")
+            except NotFound as cause:  # what the SDK's retry wrapper raises
+                raise TimeoutError("Timed out after 0:00:01") from cause
+        return 0.25, completion()
+
+    fake = FakeWorkspace(behaviour)
+    result = run(fake, concurrency=(1,), requests_per_level=5, max_seconds_per_level=1e6)
+    (level,) = result.levels
+    assert (level.requests, level.errors) == (5, 3)
+    by_index = {s.index: s for s in result.samples}
+    assert (by_index[1].error_type, by_index[1].status_code) == ("TooManyRequests", 429)
+    assert by_index[1].error_message == "slow down"
+    assert (by_index[2].error_type, by_index[2].status_code) == ("RuntimeError", None)
+    assert (by_index[3].error_type, by_index[3].status_code) == ("NotFound", 404)
+    assert "Timed out" in by_index[3].error_message
+    assert not any(by_index[i].ok for i in (1, 2, 3))
+    # Latency percentiles come from the two successes only (0.25 s each).
+    assert level.p99_latency_s == pytest.approx(0.25)
+    assert result.errors_by_kind() == {
+        "TooManyRequests (429): slow down": 1,
+        "RuntimeError (no status): boom": 1,
+        "NotFound (404): no such endpoint (SDK: Timed out after 0:00:01)": 1,
+    }
+    assert not result.all_failed
+
+
+def test_all_failed():
+    def behaviour(number, kwargs):
+        raise NotFound("gone")
+
+    fake = FakeWorkspace(behaviour)
+    result = run(fake, concurrency=(1, 2), requests_per_level=2, max_seconds_per_level=1e6)
+    assert result.all_failed
+    assert [lv.errors for lv in result.levels] == [2, 2]
+    assert result.levels[0].p50_latency_s is None
+    assert result.levels[0].total_tokens_per_second is None
+    assert result.best_level() is None
+
+
+# --------------------------------------------------------------------------- payloads and tasks
+
+
+def test_payload_per_task():
+    fake = FakeWorkspace(constant(0.1))
+    run(fake, task="completions", concurrency=(1,), requests_per_level=1, prompt="Hi", max_tokens=5)
+    run(fake, task="llm/v1/chat", concurrency=(1,), requests_per_level=1, prompt="Hello")
+    run(fake, task=Task.EMBEDDINGS, concurrency=(1,), requests_per_level=1, inputs=["a", "b"])
+    completions, chat, embeddings = fake.serving_endpoints.calls
+    assert completions == {"name": "ep", "prompt": "Hi", "max_tokens": 5}
+    assert chat["max_tokens"] == loadtest.DEFAULT_MAX_TOKENS
+    assert chat["messages"] == [ChatMessage.from_dict({"role": "user", "content": "Hello"})]
+    assert embeddings == {"name": "ep", "input": ["a", "b"]}
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "expected"),
+    [
+        ({"task": "llm/v1/chat"}, Task.CHAT),
+        (
+            {
+                "config": {
+                    "served_entities": [
+                        {
+                            "name": "e",
+                            "external_model": {
+                                "name": "m",
+                                "provider": "openai",
+                                "task": "llm/v1/embeddings",
+                            },
+                        }
+                    ]
+                }
+            },
+            Task.EMBEDDINGS,
+        ),
+    ],
+)
+def test_task_detected_from_endpoint(endpoint, expected):
+    fake = FakeWorkspace(constant(0.1), endpoint=endpoint)
+    result = run(fake, task=None, concurrency=(1,), requests_per_level=1)
+    assert result.task is expected
+
+
+def test_task_not_determinable_requires_argument():
+    fake = FakeWorkspace(constant(0.1), endpoint={"config": {"served_entities": []}})
+    with pytest.raises(ParameterError, match="task") as info:
+        run(fake, task=None, concurrency=(1,), requests_per_level=1)
+    assert "'ep'" in str(info.value)
+    assert fake.serving_endpoints.calls == []  # nothing was sent
+
+
+def test_task_detection_on_missing_endpoint():
+    fake = FakeWorkspace(constant(0.1), endpoint=None)
+    with pytest.raises(EndpointError, match="'ep'.*NotFound"):
+        run(fake, task=None, concurrency=(1,), requests_per_level=1)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        (dict(concurrency=[0]), "concurrency"),
+        (dict(concurrency=[]), "concurrency"),
+        (dict(concurrency="1,2"), "concurrency"),
+        (dict(concurrency=[1, 1]), "concurrency"),
+        (dict(concurrency=[1, 10_000]), "concurrency"),
+        (dict(requests_per_level=0), "requests_per_level"),
+        (dict(requests_per_level=2.5), "requests_per_level"),
+        (dict(max_seconds_per_level=0), "max_seconds_per_level"),
+        (dict(max_seconds_per_level="30"), "max_seconds_per_level"),
+        (dict(task="translation"), "task"),
+        (dict(max_tokens=0), "max_tokens"),
+        (dict(temperature=3.0), "temperature"),
+        (dict(prompt=""), "prompt"),
+        (dict(task="embeddings", max_tokens=8), "max_tokens"),
+        (dict(task="completions", messages=[{"role": "user", "content": "x"}]), "messages"),
+        (dict(task="chat", messages=[{"text": "x"}]), "messages"),
+        (dict(task="chat", inputs=["x"]), "inputs"),
+    ],
+)
+def test_invalid_arguments_name_the_field(kwargs, field):
+    fake = FakeWorkspace(constant(0.1))
+    with pytest.raises(ParameterError) as info:
+        run(fake, **kwargs)
+    assert str(info.value).startswith(f"{field}:")
+    assert fake.serving_endpoints.calls == []
+
+
+# --------------------------------------------------------------------------- results
+
+
+def test_table_text_and_saved_files(tmp_path):
+    fake = FakeWorkspace(constant(0.5))
+    out = tmp_path / "run"
+    result = run(
+        fake, concurrency=(1, 2), requests_per_level=4, max_seconds_per_level=1e6, out_dir=out
+    )
+    assert result.out_dir == out
+    table = result.table()
+    assert [row["concurrency"] for row in table] == [1, 2]
+    assert {"requests_per_second", "p95_latency_s", "total_tokens_per_second"} <= set(table[0])
+    text = result.to_text().splitlines()
+    assert text[0].split()[:3] == ["concurrency", "requests", "errors"]
+    assert len(text) == 3
+    assert list(result.to_dataframe()["requests"]) == [4, 4]
+
+    with (out / "samples.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 8 and rows[0]["ok"] == "True"
+    assert len(json.loads((out / "samples.json").read_text())) == 8
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["endpoint"] == "ep" and summary["task"] == "llm/v1/completions"
+    assert summary["payload"]["max_tokens"] == loadtest.DEFAULT_MAX_TOKENS
+    assert len(summary["levels"]) == 2
+    assert (out / "levels.csv").is_file()
+    assert not list(out.glob(".*.tmp"))
+
+
+def test_best_level_respects_latency_target():
+    # Concurrency 1: 1 s per request; concurrency 4: 4 s per request of fake time (the
+    # shared clock sums them) -> higher throughput is not reachable under a 2 s p95.
+    fake = FakeWorkspace(constant(1.0))
+    result = run(fake, concurrency=(1, 4), requests_per_level=4, max_seconds_per_level=1e6)
+    assert result.best_level(p95_latency_target_s=2.0).concurrency == 1
+    assert result.best_level(p95_latency_target_s=0.5) is None
+
+
+# --------------------------------------------------------------------------- real SDK
+
+
+class _EndpointHandler(BaseHTTPRequestHandler):
+    """Answers like a serving endpoint: 'throttled' always 429, others a completion."""
+
+    seen: list[dict] = []
+
+    def log_message(self, *args) -> None:  # keep test output clean
+        pass
+
+    def _send(self, status: int, payload: dict, headers: dict | None = None) -> None:
+        body = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:  # SDK host-metadata probe and anything else
+        self._send(404, {"error_code": "NOT_FOUND", "message": "not here"})
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).seen.append(
+            {"path": self.path, "body": body, "auth": self.headers.get("Authorization")}
+        )
+        if self.path == "/serving-endpoints/throttled/invocations":
+            self._send(
+                429,
+                {"error_code": "REQUEST_LIMIT_EXCEEDED", "message": "rate limit"},
+                {"Retry-After": "0"},
+            )
+            return
+        self._send(
+            200,
+            {
+                "object": "text_completion",
+                "choices": [{"index": 0, "text": "ok"}],
+                "usage": {"prompt_tokens": 6, "completion_tokens": 4, "total_tokens": 10},
+            },
+        )
+
+
+@pytest.fixture
+def endpoint_server():
+    _EndpointHandler.seen = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _EndpointHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_real_sdk_client_records_usage_and_throttling(endpoint_server):
+    from databricks.sdk import WorkspaceClient
+
+    w = WorkspaceClient(host=endpoint_server, token="test-token", auth_type="pat")
+    ok = run_load_test(
+        w, "ok", task="completions", concurrency=(1, 2), requests_per_level=3,
+        prompt="Hi", max_tokens=4, progress=False,
+    )  # fmt: skip
+    assert [lv.requests for lv in ok.levels] == [3, 3]
+    assert ok.levels[0].errors == 0
+    assert {s.total_tokens for s in ok.samples} == {10}
+    first = _EndpointHandler.seen[0]
+    assert first["path"] == "/serving-endpoints/ok/invocations"
+    assert first["body"] == {"prompt": "Hi", "max_tokens": 4}
+    assert first["auth"] == "Bearer test-token"
+
+    throttled = run_load_test(
+        w, "throttled", task="completions", concurrency=(1,), requests_per_level=1, progress=False
+    )
+    (sample,) = throttled.samples
+    assert not sample.ok
+    assert sample.status_code == 429
+    assert sample.error_type == "RequestLimitExceeded"
+    assert throttled.all_failed
+    # Sent once: the load-test client does not retry (the SDK's default client would
+    # retry it for 300 s, immediately here since Retry-After is 0).
+    throttled_posts = [s for s in _EndpointHandler.seen if "throttled" in s["path"]]
+    assert len(throttled_posts) == 1
+    # The caller's client keeps the SDK's own retry settings.
+    assert w.config.retry_timeout_seconds is None
+
+
+def test_load_test_client_copy_does_not_retry_and_has_a_large_pool(endpoint_server):
+    from databricks.sdk import WorkspaceClient
+
+    w = WorkspaceClient(host=endpoint_server, token="test-token", auth_type="pat")
+    copy = loadtest._load_test_client(w, max_concurrency=64)
+    assert copy is not w
+    assert copy.config.retry_timeout_seconds == 1
+    assert copy.config.max_connection_pools == copy.config.max_connections_per_pool == 64
+    assert copy.config.host == w.config.host
+    assert isinstance(copy.config.clock, loadtest._NoRetryWaitClock)
+    assert not isinstance(w.config.clock, loadtest._NoRetryWaitClock)
+    assert w.config.retry_timeout_seconds is None and w.config.max_connection_pools is None
+    fake = FakeWorkspace(constant(0.1))
+    assert loadtest._load_test_client(fake, 8) is fake
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ptdeploy loadtest")
+    loadtest.configure_parser(parser)
+    return parser
+
+
+def test_cli_defaults():
+    args = _parser().parse_args(["ep"])
+    assert args.concurrency == (1, 2, 4, 8)
+    assert args.requests_per_level == 20 and args.max_seconds_per_level == 30
+    assert args.task is None and args.target == "local"
+    args = _parser().parse_args(["ep", "--concurrency", "2, 4", "--task", "chat"])
+    assert args.concurrency == (2, 4) and args.task is Task.CHAT
+
+
+@pytest.mark.parametrize(
+    ("argv", "option"),
+    [
+        (["--concurrency", "1,x"], "--concurrency"),
+        (["--concurrency", "0,2"], "--concurrency"),
+        (["--concurrency", "2,2"], "--concurrency"),
+        (["--requests-per-level", "0"], "--requests-per-level"),
+        (["--max-seconds-per-level", "-1"], "--max-seconds-per-level"),
+        (["--task", "translation"], "--task"),
+        (["--max-tokens", "many"], "--max-tokens"),
+        (["--temperature", "5"], "--temperature"),
+        (["--target", "aws"], "--target"),
+    ],
+)
+def test_cli_rejects_invalid_arguments(argv, option, capsys):
+    with pytest.raises(SystemExit) as info:
+        _parser().parse_args(["ep", *argv])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert option in err and repr(argv[1]) in err
+
+
+def test_cli_profile_is_for_databricks_only(capsys):
+    args = _parser().parse_args(["ep", "--profile", "prod"])
+    assert loadtest.run(args, client=FakeWorkspace(constant(0.1))) == 2
+    assert "--profile" in capsys.readouterr().err
+
+
+def test_cli_run_prints_table_writes_results_and_plots(tmp_path, capsys):
+    out = tmp_path / "out"
+    args = _parser().parse_args(
+        ["ep", "--task", "completions", "--concurrency", "1,2", "--requests-per-level", "2",
+         "--out", str(out), "--no-progress"]
+    )  # fmt: skip
+    assert loadtest.run(args, client=FakeWorkspace(lambda n, kw: (0.0, completion()))) == 0
+    printed = capsys.readouterr().out
+    assert "concurrency" in printed and "p95 s" in printed and str(out) in printed
+    for name in ("samples.csv", "summary.json", "latency_vs_concurrency.png"):
+        assert (out / name).is_file()
+
+
+def test_cli_exits_non_zero_when_every_request_failed(tmp_path, capsys):
+    def behaviour(number, kwargs):
+        raise NotFound("endpoint 'ep' does not exist")
+
+    args = _parser().parse_args(
+        ["ep", "--task", "chat", "--concurrency", "1", "--requests-per-level", "2",
+         "--out", str(tmp_path), "--no-progress", "--no-plots"]
+    )  # fmt: skip
+    assert loadtest.run(args, client=FakeWorkspace(behaviour)) == 1
+    err = capsys.readouterr().err
+    assert "every request failed" in err and "2 x NotFound (404)" in err
+
+
+def test_cli_reports_undetectable_task(tmp_path, capsys):
+    args = _parser().parse_args(["ep", "--out", str(tmp_path), "--no-progress"])
+    fake = FakeWorkspace(constant(0.1), endpoint={})
+    assert loadtest.run(args, client=fake) == 2
+    assert "task" in capsys.readouterr().err
