@@ -125,9 +125,13 @@ def test_llama_notebook_on_tiny_llama_twice_updates_the_same_endpoint(tmp_path):
     assert third.summary["sample_completion"]
     assert third.summary["endpoint_deleted"] is True
     assert third.summary["endpoint_served_versions"] == []
+    from ptdeploy.workspace import control
+
+    token = control.read_token(create=False)
     for run in (first, second, third):
         text = run.output.read_text()
-        assert "Bearer" not in text and "DATABRICKS_TOKEN" not in text
+        assert token not in text, "the workspace token leaked into an output notebook"
+        assert "Bearer" not in text
 
 
 @pytest.mark.slow

@@ -103,6 +103,7 @@ def _namespace(**overrides):
         "max_tokens": 4,
         "teardown": False,
         "target": "local",
+        "steps": "all",
     }
     ns.update(overrides)
     return ns
@@ -186,3 +187,32 @@ def test_databricks_bad_widget_value(monkeypatch):
     dbutils = FakeDbutils({"max_tokens": "abc"})
     with pytest.raises(ParameterError, match="parameter 'max_tokens': invalid value 'abc'"):
         parameters.resolve(LLAMA_COMPLETIONS, _namespace(dbutils=dbutils))
+
+
+def test_ipywidgets_in_local_jupyter_keep_user_edits(monkeypatch):
+    """In Jupyter, widgets are seeded from the cell; an edit wins on re-run, as on
+    Databricks; a changed parameters cell re-seeds the widget."""
+
+    class ZMQInteractiveShell:  # the class name is how Jupyter kernels are recognised
+        user_ns: dict = {}
+
+    monkeypatch.delenv("PTDEPLOY_HEADLESS", raising=False)
+    monkeypatch.setattr(parameters, "_ipython", lambda: ZMQInteractiveShell())
+    monkeypatch.setattr("IPython.display.display", lambda *a, **k: None)
+    parameters._IPYWIDGETS.clear()
+    p = parameters.resolve(LLAMA_COMPLETIONS, _namespace())
+    assert p.surface == "ipywidgets" and p.max_tokens == 4
+    widget = parameters._IPYWIDGETS[("llama_completions", "max_tokens")][0]
+    task_widget = parameters._IPYWIDGETS[("llama_completions", "task")][0]
+    assert type(task_widget).__name__ == "Dropdown" and widget.description == "Smoke-test max_tokens"
+
+    widget.value = "1960"  # the user types in the widget
+    assert parameters.resolve(LLAMA_COMPLETIONS, _namespace()).max_tokens == 1960
+
+    widget.value = "abc"
+    with pytest.raises(ParameterError, match="parameter 'max_tokens': invalid value 'abc'"):
+        parameters.resolve(LLAMA_COMPLETIONS, _namespace())
+
+    # the parameters cell itself changed: the new default wins and re-seeds the widget
+    assert parameters.resolve(LLAMA_COMPLETIONS, _namespace(max_tokens=8)).max_tokens == 8
+    parameters._IPYWIDGETS.clear()

