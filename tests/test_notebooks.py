@@ -147,3 +147,207 @@ def test_llama_notebook_on_smollm2_knows_paris(tmp_path):
     assert result.ok, result.describe_failure()
     assert "Paris" in result.summary["registry_smoke_completion"]
     assert "Paris" in result.summary["sample_completion"]
+
+
+# ------------------------------------------------------------------ the template library
+
+
+def _readme_templates() -> set[str]:
+    text = (REPO / "README.md").read_text()
+    section = text.split("## Templates", 1)[1].split("\n## ", 1)[0]
+    return set(re.findall(r"^\|\s*`(notebooks/[a-z0-9_]+\.ipynb)`\s*\|", section, re.MULTILINE))
+
+
+def test_readme_lists_every_template():
+    on_disk = {f"notebooks/{p.name}" for p in NOTEBOOKS}
+    assert _readme_templates() == on_disk, "edit the Templates table of README.md"
+
+
+def _code_cells(name: str) -> list[str]:
+    nb = nbformat.read(REPO / "notebooks" / f"{name}.ipynb", as_version=4)
+    return [
+        c.source
+        for c in nb.cells
+        if c.cell_type == "code" and "parameters" not in c.metadata.get("tags", [])
+    ]
+
+
+def test_gte_and_bge_share_one_implementation():
+    """The two embedding notebooks differ in parameters and prose, not in code."""
+    gte, bge = _code_cells("gte_embeddings"), _code_cells("bge_embeddings")
+    assert [c.replace("GTE_EMBEDDINGS", "BGE_EMBEDDINGS") for c in gte] == bge
+    assert specs.GTE_EMBEDDINGS.names == specs.BGE_EMBEDDINGS.names
+    for name in ("gte_embeddings", "bge_embeddings"):
+        assert max(len(c.splitlines()) for c in _code_cells(name)) <= 15, "thin code cells"
+
+
+def _run(name: str, tmp_path: Path, overrides: dict, subdir: str = "run") -> runner.RunResult:
+    return runner.run_notebook(
+        REPO / "notebooks" / f"{name}.ipynb",
+        REPO / "parameters" / name / "local.yaml",
+        overrides,
+        out_dir=tmp_path / subdir,
+        progress=False,
+    )
+
+
+def _similarity(summary: dict, a: str, b: str) -> float:
+    sentences = summary["sentences"]
+    return summary["similarity_matrix"][sentences.index(a)][sentences.index(b)]
+
+
+@pytest.mark.slow
+def test_gte_notebook_on_minilm_puts_paraphrases_together(tmp_path):
+    """Through the local endpoint, the real all-MiniLM-L6-v2 puts a cat on a mat nearer to a
+    kitten on a rug than to falling stock prices."""
+    result = _run(
+        "gte_embeddings",
+        tmp_path,
+        {"model_name": "nb_gte", "endpoint_name": "nb-gte", "teardown": "true"},
+    )
+    assert result.ok, result.describe_failure()
+    s = result.summary
+    cat, kitten, stocks = (
+        "a cat sits on the mat",
+        "a kitten rests on a rug",
+        "stock prices fell sharply",
+    )
+    assert _similarity(s, cat, kitten) > _similarity(s, cat, stocks)
+    assert _similarity(s, cat, kitten) > 0.5 > _similarity(s, cat, stocks)
+    assert s["nearest"][cat] == kitten and s["nearest"][kitten] == cat
+    assert s["nearest"][stocks] == "the stock market dropped today"
+    assert s["embedding_dim"] == 384
+    assert s["registry_agreement"] > 0.9999, "the endpoint serves the registered model"
+    assert s["served_normalized"] is True  # MiniLM's sentence-transformers config normalizes
+    assert s["model_type"] == "gte-large"
+    assert s["endpoint_deleted"] is True
+
+
+@pytest.mark.slow
+def test_bge_notebook_on_minilm(tmp_path):
+    result = _run(
+        "bge_embeddings",
+        tmp_path,
+        {"model_name": "nb_bge", "endpoint_name": "nb-bge", "teardown": "true"},
+    )
+    assert result.ok, result.describe_failure()
+    s = result.summary
+    assert s["model_type"] == "bge-large" and s["normalized_client_side"] is False
+    assert s["nearest"]["a kitten rests on a rug"] == "a cat sits on the mat"
+    assert s["endpoint_served_versions"] == [] and s["endpoint_deleted"] is True
+
+
+def test_deepseek_notebook_on_tiny_llama(tmp_path):
+    result = _run(
+        "deepseek_r1_distill_llama",
+        tmp_path,
+        {
+            "model_source": "tiny-llama",
+            "model_name": "nb_tiny_r1",
+            "endpoint_name": "nb-tiny-r1",
+            "max_tokens": "8",
+            "teardown": "true",
+        },
+    )
+    assert result.ok, result.describe_failure()
+    s = result.summary
+    assert s["registered_model"] == "main.default.nb_tiny_r1" and s["version"] == "1"
+    assert s["completion_tokens"] == 8 and s["finish_reason"] == "length"
+    # ChatML does not open <think>: the reply is an answer, without reasoning.
+    assert s["reasoning"] == "" and s["reasoning_complete"] is True and s["answer"]
+    assert s["endpoint_deleted"] is True
+    text = result.output.read_text()
+    assert "<|im_start|>user" in text, "the notebook shows the prompt the model sees"
+
+
+@pytest.mark.slow
+def test_unity_catalog_notebook_deploys_a_seeded_model(tmp_path):
+    overrides = {
+        "model_name": "all_minilm_l6_v2",
+        "endpoint_name": "nb-uc-minilm",
+        "prompt": "a kitten sleeps on a rug",
+        "teardown": "true",
+    }
+    first = _run("deploy_from_unity_catalog", tmp_path, overrides, "1")
+    assert first.ok, first.describe_failure()
+    s = first.summary
+    assert s["registered_model"] == "system.ai.all_minilm_l6_v2"
+    assert s["version"] == "1" and s["task"] == "llm/v1/embeddings"
+    assert s["endpoint_deleted"] is True and s["embedding_dim"] == 384
+    assert s["nearest"]["a kitten sleeps on a rug"] in (
+        "a kitten rests on a rug",
+        "a cat sits on the mat",
+    )
+
+
+# ------------------------------------------------------------------ bad input, clear errors
+
+
+def _registered_names() -> set[str]:
+    import mlflow
+    from ptdeploy import state
+
+    client = mlflow.MlflowClient(
+        tracking_uri=state.tracking_uri(), registry_uri=state.tracking_uri()
+    )
+    return {m.name for m in client.search_registered_models()}
+
+
+def _start_with_cell_defaults(notebook: str, spec, **overrides):
+    """``flow.start`` in this process on the notebook's own parameters cell (no kernel)."""
+    from ptdeploy import flow
+
+    nb = nbformat.read(REPO / "notebooks" / f"{notebook}.ipynb", as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    namespace: dict = {}
+    exec(cell.source, namespace)
+    namespace.update(overrides)
+    return flow.start(spec, namespace)
+
+
+def test_embedding_template_refuses_a_causal_lm():
+    """An embedding deployment of a chat/causal model fails before anything is logged."""
+    from ptdeploy import embeddings, flow
+    from ptdeploy.errors import ModelLoggingError
+
+    p = _start_with_cell_defaults(
+        "gte_embeddings", specs.GTE_EMBEDDINGS, model_source="tiny-llama", model_name="nb_wrong"
+    )
+    loaded = flow.load(p)
+    with pytest.raises(ModelLoggingError) as err:
+        flow.log_and_register(p, loaded, task=embeddings.TASK, model_type=p.model_type)
+    message = str(err.value)
+    assert "task='llm/v1/embeddings' needs an embedding (encoder) model" in message
+    assert "causal language model (LlamaForCausalLM)" in message
+    assert "main.default.nb_wrong" not in _registered_names(), "nothing registered"
+
+
+def test_chat_template_refuses_an_embedding_model():
+    """The reverse: a chat (llm/v1/chat) deployment of an encoder fails before logging."""
+    from ptdeploy import flow, reasoning
+    from ptdeploy.errors import ModelLoggingError
+
+    p = _start_with_cell_defaults(
+        "deepseek_r1_distill_llama",
+        specs.DEEPSEEK_R1_DISTILL_LLAMA,
+        model_source="all-minilm-l6-v2",
+        model_name="nb_reverse_task",
+    )
+    loaded = flow.load(p)
+    with pytest.raises(ModelLoggingError) as err:
+        flow.log_and_register(p, loaded, task=reasoning.TASK)
+    assert "task='llm/v1/chat' needs a causal language model" in str(err.value)
+    assert "encoder" in str(err.value) and "llm/v1/embeddings" in str(err.value)
+    assert "main.default.nb_reverse_task" not in _registered_names()
+
+
+def test_unity_catalog_notebook_refuses_a_base_llama_from_system_ai(tmp_path):
+    result = _run(
+        "deploy_from_unity_catalog",
+        tmp_path,
+        {"model_name": "meta_llama_3_8b", "endpoint_name": "nb-uc-base"},
+    )
+    assert not result.ok
+    assert result.error.startswith("NotOptimizableError: system.ai.meta_llama_3_8b is a base")
+    assert "Instruct" in result.error
+    assert result.failed_source == "model = uc.resolve(p, w)"

@@ -204,7 +204,9 @@ def test_ipywidgets_in_local_jupyter_keep_user_edits(monkeypatch):
     assert p.surface == "ipywidgets" and p.max_tokens == 4
     widget = parameters._IPYWIDGETS[("llama_completions", "max_tokens")][0]
     task_widget = parameters._IPYWIDGETS[("llama_completions", "task")][0]
-    assert type(task_widget).__name__ == "Dropdown" and widget.description == "Smoke-test max_tokens"
+    assert (
+        type(task_widget).__name__ == "Dropdown" and widget.description == "Smoke-test max_tokens"
+    )
 
     widget.value = "1960"  # the user types in the widget
     assert parameters.resolve(LLAMA_COMPLETIONS, _namespace()).max_tokens == 1960

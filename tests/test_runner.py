@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from ptdeploy import cli, runner
-from ptdeploy.errors import ParameterError
+from ptdeploy.errors import ParameterError, PtdeployError
 
 REPO = Path(__file__).resolve().parents[1]
 NB = REPO / "notebooks" / "llama_completions.ipynb"
@@ -49,4 +49,107 @@ def test_table_names_the_failing_cell(tmp_path):
         "b", tmp_path / "b.ipynb", False, 2.0, failed_cell=7, error="ValueError: x"
     )
     table = runner.format_table([ok, bad])
-    assert "FAILED" in table and "cell 7: ValueError: x" in table and "1 failed" in table
+    assert "FAILED" in table and "cell In [7]: ValueError: x" in table and "1 failed" in table
+
+
+# ------------------------------------------------------------------ run-all
+
+
+def _notebook(path: Path, params: str, *code: str) -> None:
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    cell = new_code_cell(params)
+    cell.metadata["tags"] = ["parameters"]
+    nb = new_notebook(
+        cells=[cell, *(new_code_cell(c) for c in code)],
+        metadata={
+            "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+            "language_info": {"name": "python"},
+        },
+    )
+    nbformat.write(nb, path)
+
+
+@pytest.fixture
+def tiny_templates(tmp_path, monkeypatch):
+    """Two throwaway templates (one fails in its third cell) with their specs and files."""
+    from ptdeploy import specs
+    from ptdeploy.parameters import Param, ParameterSpec
+
+    notebooks, parameters = tmp_path / "notebooks", tmp_path / "parameters"
+    notebooks.mkdir()
+    params = 'x = 1\ntarget = "local"'
+    _notebook(notebooks / "tiny_ok.ipynb", params, "print('fine', x)")
+    _notebook(notebooks / "tiny_fail.ipynb", params, "y = x + 1", 'raise ValueError(f"broken {y}")')
+    for name in ("tiny_ok", "tiny_fail"):
+        fields = (Param("x", "int"), Param("target", "choice", choices=("local", "databricks")))
+        monkeypatch.setitem(specs.SPECS, name, ParameterSpec(name, fields))
+        (parameters / name).mkdir(parents=True)
+        (parameters / name / "local.yaml").write_text("x: 3\ntarget: local\n")
+    return notebooks, parameters
+
+
+def test_run_all_reports_each_notebook_and_the_failing_cell(tiny_templates, tmp_path):
+    notebooks, parameters = tiny_templates
+    results = runner.run_all(
+        "local", out_dir=tmp_path / "out", notebooks=notebooks, parameters=parameters
+    )
+    by_name = {r.notebook: r for r in results}
+    assert [r.notebook for r in results] == ["tiny_fail", "tiny_ok"], "all run, in name order"
+    assert by_name["tiny_ok"].ok
+    bad = by_name["tiny_fail"]
+    assert not bad.ok
+    assert bad.error == "ValueError: broken 4"
+    assert bad.failed_source == 'raise ValueError(f"broken {y}")'
+    assert bad.failed_cell_index == 3  # parameters, injected parameters, y = ..., raise
+    assert bad.output.is_file(), "the failed output notebook is kept"
+    assert bad.output == tmp_path / "out" / "local" / "tiny_fail-local.ipynb"
+    table = runner.format_table(results)
+    assert "tiny_fail" in table and "FAILED" in table and "raise ValueError" in table
+    assert "tiny_ok" in table and "1 failed" in table
+
+
+def test_run_all_cli_exit_code_and_failing_cell(tiny_templates, tmp_path, capsys):
+    notebooks, parameters = tiny_templates
+    code = cli.main(
+        [
+            "run-all",
+            "--target",
+            "local",
+            "--out",
+            str(tmp_path / "out"),
+            "--notebooks",
+            str(notebooks),
+            "--parameters-dir",
+            str(parameters),
+            "--only",
+            "tiny_fail",
+        ]
+    )
+    assert code == 1
+    captured = capsys.readouterr()
+    assert "tiny_fail failed in cell In [" in captured.err
+    assert (
+        'raise ValueError(f"broken {y}")' in captured.err and "ValueError: broken 4" in captured.err
+    )
+    assert "notebook" in captured.out and "seconds" in captured.out  # the summary table
+
+
+def test_run_all_checks_every_parameter_set_before_running(tiny_templates, tmp_path):
+    notebooks, parameters = tiny_templates
+    (parameters / "tiny_ok" / "local.yaml").write_text("x: many\ntarget: local\n")
+    (parameters / "tiny_fail" / "local.yaml").unlink()
+    with pytest.raises(PtdeployError) as err:
+        runner.run_all(
+            "local", out_dir=tmp_path / "out", notebooks=notebooks, parameters=parameters
+        )
+    assert "tiny_fail: no parameters file" in str(err.value)
+    assert "tiny_ok: parameter 'x': invalid value 'many'" in str(err.value)
+    assert not (tmp_path / "out").exists(), "nothing ran"
+
+
+def test_run_all_only_an_unknown_notebook(tiny_templates, tmp_path):
+    notebooks, parameters = tiny_templates
+    with pytest.raises(PtdeployError, match="--only nope: no such notebook"):
+        runner.run_all("local", notebooks=notebooks, parameters=parameters, only=["nope"])

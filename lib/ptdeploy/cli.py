@@ -17,6 +17,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "run": ("ptdeploy.runner", "run one notebook headless with a parameters file"),
     "run-all": ("ptdeploy.runner", "run every notebook template for a target"),
     "loadtest": ("ptdeploy.loadtest", "load-test a serving endpoint at a ladder of concurrencies"),
+    "bundle": ("ptdeploy.bundle", "write (or --check) the Databricks job bundle from parameters/"),
 }
 
 

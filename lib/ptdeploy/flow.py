@@ -15,20 +15,25 @@ points to.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ptdeploy import (
+    capacity_check,
     endpoints,
+    loadtest,
     model_logging,
     models,
     names,
     optimization,
     parameters,
+    planner,
     registry,
     targets,
     throughput,
 )
-from ptdeploy.errors import ParameterError
+from ptdeploy.errors import EndpointNotFoundError, ParameterError, ThroughputError
 from ptdeploy.notebook import emit_summary, get_task_value, set_task_values
 from ptdeploy.parameters import ParameterSpec, Params
 
@@ -179,3 +184,217 @@ def served_versions(w: WorkspaceClient, endpoint_name: str) -> list[str]:
         return []
     entities = (ep.config.served_entities if ep.config else None) or []
     return [str(e.entity_version) for e in entities]
+
+
+# ------------------------------------------------------------------ load-test notebook
+
+LOAD_TEST_CATALOG = "main"
+LOAD_TEST_SCHEMA = "default"
+# Databricks needs a model_type for embedding models; the local rehearsal deploys with it.
+LOAD_TEST_EMBEDDING_MODEL_TYPE = "gte-large"
+
+
+@dataclass
+class LoadTestTarget:
+    """The endpoint a load test runs against and what it is provisioned with.
+
+    ``deployed``/``chunk_size`` are None when the endpoint is not sized in provisioned
+    tokens/s (model units, workload size): the load test still runs, the capacity check
+    is skipped, and ``note`` says why.
+    """
+
+    endpoint: ServingEndpointDetailed
+    task: loadtest.Task
+    deployed_now: bool
+    deployed: capacity_check.DeployedThroughput | None
+    chunk_size: int | None
+    capacity_plan: planner.CapacityPlan | None = None  # set when this run deployed it
+    note: str = ""
+
+
+def workload(p: Params) -> planner.Workload:
+    """The workload the planner sizes for, from the notebook's parameters."""
+    return planner.Workload(
+        peak_requests_per_second=p.peak_requests_per_second,
+        rest_requests_per_second=p.rest_requests_per_second,
+        mean_input_tokens=p.mean_input_tokens,
+        mean_output_tokens=p.mean_output_tokens,
+        p95_latency_target_s=p.p95_latency_target_s,
+    )
+
+
+def load_test_target(p: Params, w: WorkspaceClient) -> LoadTestTarget:
+    """The endpoint to load-test, ready; deployed first when missing and allowed.
+
+    An existing endpoint is used as it is (waited for when it is still updating). A
+    missing one is an error unless ``deploy_if_missing`` (local target only): then
+    ``model_source`` is registered and deployed with the min/max the planner proposes for
+    the notebook's workload, so the notebook runs standalone.
+    """
+    name = p.endpoint_name
+    plan: planner.CapacityPlan | None = None
+    try:
+        ep = endpoints.get_endpoint(w, name)
+    except EndpointNotFoundError as exc:
+        if not p.deploy_if_missing:
+            raise EndpointNotFoundError(
+                f"{exc} Deploy it with a deployment notebook first, or (target 'local') set "
+                f"deploy_if_missing=true to deploy model_source={p.model_source!r} now."
+            ) from exc
+        ep, plan = _deploy_for_load_test(p, w)
+        deployed_now = True
+    else:
+        deployed_now = False
+        # returns at once when READY / NOT_UPDATING; waits out an update in progress
+        ep = endpoints.wait_until_ready(w, name, timeout=p.wait_timeout_minutes * 60)
+    print(f"endpoint {name}: {endpoints.describe_state(ep)}")
+    task = loadtest.detect_task(w, name) if p.task == "auto" else loadtest.parse_task(p.task)
+    deployed, chunk, note = _provisioning(w, ep)
+    print(f"task: {task.value}")
+    print(deployed.describe() if deployed else f"provisioning: {note}")
+    if chunk is not None:
+        print(f"throughput chunk: {chunk} tokens/s")
+    return LoadTestTarget(ep, task, deployed_now, deployed, chunk, plan, note)
+
+
+def _load_test_task(p: Params, loaded: models.LoadedModel) -> str:
+    if p.task != "auto":
+        return loadtest.parse_task(p.task).value
+    return (
+        loadtest.Task.EMBEDDINGS if loaded.kind == "encoder" else loadtest.Task.COMPLETIONS
+    ).value
+
+
+def _deploy_for_load_test(
+    p: Params, w: WorkspaceClient
+) -> tuple[ServingEndpointDetailed, planner.CapacityPlan]:
+    """Register ``p.model_source`` and deploy it with the planner's min/max (local only)."""
+    from ptdeploy.targets import Target
+
+    if p.target != Target.LOCAL.value:  # the spec refuses it too; never deploy by accident
+        raise ParameterError(
+            f"deploy_if_missing=true with target={p.target!r}: only the local target deploys "
+            "from the load-test notebook."
+        )
+    loaded = models.load_model(p.model_source)
+    task = _load_test_task(p, loaded)
+    model_type = LOAD_TEST_EMBEDDING_MODEL_TYPE if task == loadtest.Task.EMBEDDINGS else None
+    logged = model_logging.log_model(loaded, task=task, model_type=model_type)
+    model = p.endpoint_name.replace("-", "_").lower()
+    name = names.registered_model_name(LOAD_TEST_CATALOG, LOAD_TEST_SCHEMA, model)
+    registered = registry.register(logged.model_uri, name)
+    print(f"registered {loaded.source.describe()} ({task}) as {name} version {registered.version}")
+    info = optimization.get_optimization_info(w, name, registered.version)
+    optimization.require_optimizable(info, name, registered.version)
+    if (
+        info.throughput_chunk_size is None
+        or info.path is not optimization.ProvisioningPath.TOKENS_PER_SECOND
+    ):
+        raise ParameterError(
+            f"model_source={p.model_source!r} is provisioned in model units ({info.describe()}); "
+            "the planner sizes tokens/s: deploy it with a deployment notebook instead."
+        )
+    plan = planner.plan_capacity(workload(p), info.throughput_chunk_size, headroom=p.headroom)
+    print(
+        f"deploying {p.endpoint_name} with the planner's min/max for the workload: "
+        f"{plan.served_entity_fields()}"
+    )
+    spec = endpoints.EndpointSpec(
+        name=p.endpoint_name,
+        entity_name=name,
+        entity_version=registered.version,
+        plan=plan.throughput_plan(),
+    )
+    ep = endpoints.create_or_update(w, spec, timeout=p.wait_timeout_minutes * 60)
+    return ep, plan
+
+
+def _provisioning(
+    w: WorkspaceClient, ep: ServingEndpointDetailed
+) -> tuple[capacity_check.DeployedThroughput | None, int | None, str]:
+    """Deployed min/max and the chunk size of the served model(s), or why not."""
+    try:
+        deployed = capacity_check.deployed_throughput(ep)
+    except ThroughputError as exc:
+        return None, None, str(exc)
+    chunks: set[int] = set()
+    for entity_name, version in dict.fromkeys(deployed.entities):
+        info = optimization.get_optimization_info(w, entity_name, version)
+        if not info.optimizable or info.throughput_chunk_size is None:
+            return deployed, None, f"{entity_name} version {version}: {info.describe()}"
+        chunks.add(info.throughput_chunk_size)
+    if len(chunks) != 1:
+        return (
+            deployed,
+            None,
+            f"the served entities have different chunk sizes ({sorted(chunks)}): check each "
+            "served entity with its own load test",
+        )
+    return deployed, chunks.pop(), ""
+
+
+def load_test_out_dir(p: Params) -> Path:
+    """``p.out_dir``, else ``<state dir>/loadtest/<endpoint>-<UTC time>``."""
+    if p.out_dir:
+        return Path(p.out_dir).expanduser()
+    from ptdeploy import state
+
+    return state.state_dir() / "loadtest" / f"{p.endpoint_name}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
+
+
+def load_test(p: Params, w: WorkspaceClient, target: LoadTestTarget) -> loadtest.LoadTestResult:
+    """The bounded load test: each concurrency level stops after ``requests_per_level``
+    requests or ``max_seconds_per_level`` seconds; results saved under ``out_dir``."""
+    embeddings = target.task is loadtest.Task.EMBEDDINGS
+    result = loadtest.run_load_test(
+        w,
+        p.endpoint_name,
+        task=target.task,
+        concurrency=tuple(int(level) for level in p.concurrency.split(",")),
+        requests_per_level=p.requests_per_level,
+        max_seconds_per_level=p.max_seconds_per_level,
+        prompt=p.prompt,
+        max_tokens=None if embeddings else p.max_tokens,
+        out_dir=load_test_out_dir(p),
+    )
+    print(f"{result.total_requests} requests; results in {result.out_dir}")
+    print(result.to_text())
+    for kind, count in result.errors_by_kind().items():
+        print(f"errors: {count} x {kind}")
+    return result
+
+
+def load_test_plots(
+    p: Params, result: loadtest.LoadTestResult, target: LoadTestTarget
+) -> dict[str, Any]:
+    """Latency and throughput against concurrency (Figures), saved as PNG next to the results."""
+    from ptdeploy import plots
+
+    deployed = target.deployed
+    provisioned = (
+        (deployed.min_provisioned_throughput, deployed.max_provisioned_throughput)
+        if deployed
+        else None
+    )
+    figs = plots.plot_load_test(
+        result,
+        out_dir=result.out_dir,
+        p95_latency_target_s=p.p95_latency_target_s,
+        provisioned=provisioned,
+    )
+    print(f"plots saved in {result.out_dir}")
+    return figs
+
+
+def check_capacity(
+    p: Params, target: LoadTestTarget, result: loadtest.LoadTestResult
+) -> capacity_check.CapacityCheck | None:
+    """The planner meets the load test: print the comparison and the verdict."""
+    if target.deployed is None or target.chunk_size is None:
+        print(f"capacity check skipped: {target.note}")
+        return None
+    check = capacity_check.check_capacity(
+        workload(p), target.deployed, target.chunk_size, result, headroom=p.headroom
+    )
+    print("\n".join(check.explain()))
+    return check

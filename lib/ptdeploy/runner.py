@@ -29,12 +29,26 @@ class RunResult:
     ok: bool
     seconds: float
     summary: dict[str, Any] | None = None
-    failed_cell: int | None = None
+    failed_cell: int | None = None  # execution count: "In [n]" in the output notebook
     error: str | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
+    failed_cell_index: int | None = None  # position in the output notebook (0-based)
+    failed_source: str | None = None  # first line of the failing cell's code
+
+    def failing_cell(self) -> str:
+        """``In [5] `model = uc.resolve(p, w)``` — how a reader finds the failing cell."""
+        if self.failed_cell is None and self.failed_cell_index is None:
+            return ""
+        where = f"In [{self.failed_cell}]" if self.failed_cell is not None else ""
+        if self.failed_cell_index is not None:
+            where += f" (cell #{self.failed_cell_index})"
+        if self.failed_source:
+            where += f" `{self.failed_source}`"
+        return where.strip()
 
     def describe_failure(self) -> str:
-        where = f" in cell {self.failed_cell}" if self.failed_cell is not None else ""
+        cell = self.failing_cell()
+        where = f" in cell {cell}" if cell else ""
         return f"{self.notebook} failed{where}: {self.error} (output kept: {self.output})"
 
 
@@ -103,6 +117,8 @@ def run_notebook(
     except PapermillExecutionError as exc:
         result.ok = False
         result.failed_cell = exc.exec_count
+        result.failed_cell_index = exc.cell_index
+        result.failed_source = _first_code_line(exc.source)
         result.error = f"{exc.ename}: {exc.evalue}"
     finally:
         if previous is None:
@@ -115,6 +131,14 @@ def run_notebook(
 
         result.summary = read_summary(nbformat.read(output, as_version=4))
     return result
+
+
+def _first_code_line(source: str | None, limit: int = 80) -> str | None:
+    for line in (source or "").splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            return line if len(line) <= limit else line[: limit - 1] + "…"
+    return None
 
 
 def notebooks_dir() -> Path:
@@ -134,31 +158,62 @@ def run_all(
     overrides: dict[str, Any] | None = None,
     only: list[str] | None = None,
     progress: bool = False,
+    notebooks: Path | None = None,
+    parameters: Path | None = None,
 ) -> list[RunResult]:
-    """Every template with ``parameters/<notebook>/<target>.yaml``, in name order."""
-    results = []
-    for nb in sorted(notebooks_dir().glob("*.ipynb")):
-        if only and nb.stem not in only:
-            continue
-        params_file = parameters_dir() / nb.stem / f"{target}.yaml"
+    """Every template with ``parameters/<notebook>/<target>.yaml``, in name order.
+
+    All parameter sets are checked before the first notebook starts: a missing file or a
+    bad value fails at once, not after the others ran. A failing notebook does not stop
+    the others; its result names the failing cell.
+    """
+    notebooks = notebooks or notebooks_dir()
+    parameters = parameters or parameters_dir()
+    found = sorted(notebooks.glob("*.ipynb"))
+    if only:
+        unknown = sorted(set(only) - {nb.stem for nb in found})
+        if unknown:
+            raise PtdeployError(
+                f"--only {', '.join(unknown)}: no such notebook in {notebooks}; "
+                f"templates: {', '.join(nb.stem for nb in found)}"
+            )
+        found = [nb for nb in found if nb.stem in only]
+    plan = []
+    errors = []
+    for nb in found:
+        params_file = parameters / nb.stem / f"{target}.yaml"
         if not params_file.is_file():
-            raise PtdeployError(f"{nb.stem}: no parameters file {params_file} for target {target}")
-        spec = spec_for(nb.stem)
-        ov = {k: v for k, v in (overrides or {}).items() if k in spec.names}
+            errors.append(f"{nb.stem}: no parameters file {params_file} for target {target}")
+            continue
+        try:
+            spec = spec_for(nb.stem)
+            ov = {k: v for k, v in (overrides or {}).items() if k in spec.names}
+            resolve_parameters(nb, params_file, ov)
+        except PtdeployError as exc:
+            errors.append(f"{nb.stem}: {exc}")
+            continue
+        plan.append((nb, params_file, ov))
+    if errors:
+        raise PtdeployError("\n".join(errors))
+    results = []
+    for nb, params_file, ov in plan:
         print(f"[run-all] {nb.stem} ...", flush=True)
-        results.append(
-            run_notebook(nb, params_file, ov, out_dir=Path(out_dir) / target, progress=progress)
+        result = run_notebook(
+            nb, params_file, ov, out_dir=Path(out_dir) / target, progress=progress
         )
+        print(
+            f"[run-all] {nb.stem}: {'ok' if result.ok else 'FAILED'} in {result.seconds:.1f}s",
+            flush=True,
+        )
+        results.append(result)
     return results
 
 
 def format_table(results: list[RunResult]) -> str:
     rows = [("notebook", "status", "seconds", "detail")]
     for r in results:
-        detail = (
-            f"cell {r.failed_cell}: {r.error}" if not r.ok else (str(r.output) if r.output else "")
-        )
-        rows.append((r.notebook, "ok" if r.ok else "FAILED", f"{r.seconds:.1f}", detail[:120]))
+        detail = f"cell {r.failing_cell()}: {r.error}" if not r.ok else str(r.output or "")
+        rows.append((r.notebook, "ok" if r.ok else "FAILED", f"{r.seconds:.1f}", detail[:160]))
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     lines = ["  ".join(row[i].ljust(widths[i]) for i in range(3)) + "  " + row[3] for row in rows]
     lines.insert(1, "-" * max(len(line) for line in lines))
@@ -219,12 +274,25 @@ def configure_run_all_parser(parser: argparse.ArgumentParser) -> None:
         help="override, applied to every notebook that declares NAME",
     )
     parser.add_argument("--only", action="append", help="run only this notebook (repeatable)")
+    parser.add_argument(
+        "--notebooks", type=Path, help="folder of the templates (default: the project's notebooks/)"
+    )
+    parser.add_argument(
+        "--parameters-dir",
+        type=Path,
+        help="folder of <notebook>/<target>.yaml files (default: the project's parameters/)",
+    )
 
 
 def run_run_all(args: argparse.Namespace) -> int:
     try:
         results = run_all(
-            args.target, out_dir=args.out, overrides=_overrides(args.parameter), only=args.only
+            args.target,
+            out_dir=args.out,
+            overrides=_overrides(args.parameter),
+            only=args.only,
+            notebooks=args.notebooks,
+            parameters=args.parameters_dir,
         )
     except PtdeployError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -75,6 +75,12 @@ COMMON_SERVING = (
     Param("wait_timeout_minutes", "int", "Wait for READY (minutes)", minimum=1, maximum=240),
     Param("teardown", "bool", "Delete the endpoint at the end"),
     Param("target", "choice", "Target", choices=tuple(t.value for t in Target)),
+    Param(
+        "steps",
+        "choice",
+        "Steps to run (a job runs one per task)",
+        choices=("all", "register", "deploy", "smoke_test"),
+    ),
 )
 
 LLAMA_COMPLETIONS = ParameterSpec(
@@ -93,7 +99,178 @@ EMBEDDING_MODEL_TYPE = Param(
     "model_type", "choice", "Embedding model_type (metadata)", choices=EMBEDDING_MODEL_TYPES
 )
 
-SPECS: dict[str, ParameterSpec] = {spec.notebook: spec for spec in (LLAMA_COMPLETIONS,)}
+TRUST_REMOTE_CODE = Param(
+    "trust_remote_code", "bool", "Run the model repository's own code (trust_remote_code)"
+)
+
+
+def _embedding_spec(notebook: str) -> ParameterSpec:
+    """GTE and BGE templates declare the same parameters: one implementation, two notebooks."""
+    return ParameterSpec(
+        notebook=notebook,
+        params=(
+            *COMMON_MODEL,
+            TRUST_REMOTE_CODE,
+            EMBEDDING_MODEL_TYPE,
+            *COMMON_SERVING,
+            Param("normalize", "bool", "L2-normalize the returned embeddings (client side)"),
+        ),
+        cross_checks=(_chunks_in_order,),
+    )
+
+
+GTE_EMBEDDINGS = _embedding_spec("gte_embeddings")
+BGE_EMBEDDINGS = _embedding_spec("bge_embeddings")
+
+DEEPSEEK_R1_DISTILL_LLAMA = ParameterSpec(
+    notebook="deepseek_r1_distill_llama",
+    params=(
+        *COMMON_MODEL,
+        *COMMON_SERVING,
+        Param("prompt", "str", "Smoke-test question (user message)"),
+        Param(
+            "max_tokens",
+            "int",
+            "Smoke-test max_tokens (reasoning is long)",
+            minimum=1,
+            maximum=32768,
+        ),
+        Param("temperature", "float", "Smoke-test temperature", minimum=0.0, maximum=2.0),
+    ),
+    cross_checks=(_chunks_in_order,),
+)
+
+
+_BY_NAME = {p.name: p for p in COMMON_MODEL}
+
+DEPLOY_FROM_UNITY_CATALOG = ParameterSpec(
+    notebook="deploy_from_unity_catalog",
+    params=(
+        _BY_NAME["catalog"],
+        _BY_NAME["schema"],
+        _BY_NAME["model_name"],
+        Param(
+            "model_version",
+            "int",
+            "Model version (empty: the latest)",
+            minimum=1,
+            optional=True,
+        ),
+        *COMMON_SERVING,
+        Param("prompt", "str", "Smoke-test prompt (or text to embed)"),
+        Param("max_tokens", "int", "Smoke-test max_tokens", minimum=1, maximum=8192),
+    ),
+    cross_checks=(_chunks_in_order,),
+)
+
+_SERVING = {p.name: p for p in COMMON_SERVING}
+
+
+def _concurrency_ladder(value: str) -> None:
+    """``"1,2,4,8"``: distinct whole numbers from 1 to 256 (what ``run_load_test`` takes)."""
+    parts = [part.strip() for part in value.split(",")]
+    if not all(part.isdigit() for part in parts):
+        raise ValueError("expected comma-separated whole numbers, e.g. 1,2,4,8")
+    levels = [int(part) for part in parts]
+    if not all(1 <= level <= 256 for level in levels) or len(set(levels)) != len(levels):
+        raise ValueError("expected distinct levels between 1 and 256, e.g. 1,2,4,8")
+
+
+def _positive(value: float) -> None:
+    if value <= 0:
+        raise ValueError("must be > 0")
+
+
+def _load_test_checks(values: dict[str, Any]) -> None:
+    if values.get("deploy_if_missing") and values.get("target") == Target.DATABRICKS.value:
+        raise ParameterError(
+            "parameter 'deploy_if_missing'=true applies to target 'local' only: on Databricks "
+            "deploy with a deployment notebook (provisioned throughput costs money), then "
+            "load-test the endpoint with deploy_if_missing=false."
+        )
+    peak, rest = values.get("peak_requests_per_second"), values.get("rest_requests_per_second")
+    if peak is not None and rest is not None and rest > peak:
+        raise ParameterError(
+            f"parameters 'rest_requests_per_second'={rest} and 'peak_requests_per_second'="
+            f"{peak}: the load at rest cannot exceed the peak."
+        )
+
+
+LOAD_TEST_ENDPOINT = ParameterSpec(
+    notebook="load_test_endpoint",
+    params=(
+        _SERVING["endpoint_name"],
+        _SERVING["target"],
+        Param("deploy_if_missing", "bool", "Deploy the endpoint if it does not exist (local)"),
+        Param(
+            "model_source",
+            "str",
+            "Model to deploy if missing",
+            "offline name (tiny-llama, smollm2-135m-instruct, all-minilm-l6-v2) or directory",
+        ),
+        Param(
+            "task",
+            "choice",
+            "Task (auto: ask the endpoint)",
+            choices=("auto", "completions", "chat", "embeddings"),
+        ),
+        Param(
+            "concurrency",
+            "str",
+            "Concurrency ladder",
+            "comma-separated whole numbers, e.g. 1,2,4,8",
+            check=_concurrency_ladder,
+        ),
+        Param("requests_per_level", "int", "Max requests per level", minimum=1, maximum=100000),
+        Param(
+            "max_seconds_per_level",
+            "float",
+            "Max seconds per level",
+            minimum=0.1,
+            maximum=3600,
+        ),
+        Param("prompt", "str", "Prompt, chat message or text to embed"),
+        Param("max_tokens", "int", "max_tokens (completions, chat)", minimum=1, maximum=8192),
+        Param(
+            "peak_requests_per_second",
+            "float",
+            "Planned peak load (req/s)",
+            check=_positive,
+        ),
+        Param("rest_requests_per_second", "float", "Planned load at rest (req/s)", minimum=0),
+        Param("mean_input_tokens", "float", "Planned mean input tokens", minimum=0),
+        Param("mean_output_tokens", "float", "Planned mean output tokens", minimum=0),
+        Param(
+            "p95_latency_target_s",
+            "float",
+            "p95 latency target (s, empty: none)",
+            check=_positive,
+            optional=True,
+        ),
+        Param("headroom", "float", "Planner headroom (x)", minimum=1.0, maximum=10.0),
+        _SERVING["wait_timeout_minutes"],
+        Param(
+            "out_dir",
+            "str",
+            "Results directory (empty: the state directory)",
+            "a directory path",
+            optional=True,
+        ),
+    ),
+    cross_checks=(_load_test_checks,),
+)
+
+SPECS: dict[str, ParameterSpec] = {
+    spec.notebook: spec
+    for spec in (
+        LLAMA_COMPLETIONS,
+        GTE_EMBEDDINGS,
+        BGE_EMBEDDINGS,
+        DEEPSEEK_R1_DISTILL_LLAMA,
+        DEPLOY_FROM_UNITY_CATALOG,
+        LOAD_TEST_ENDPOINT,
+    )
+}
 
 
 def spec_for(notebook: str) -> ParameterSpec:
