@@ -188,6 +188,8 @@ def test_sdk_errors_map_to_databricks_exceptions(
     w, ws, completions_ep, registered_tiny_completions
 ):
     name, version = registered_tiny_completions
+    before = {e.name for e in w.serving_endpoints.list()}  # other tests' endpoints too
+    assert completions_ep in before
     with pytest.raises(ResourceAlreadyExists):
         w.serving_endpoints.create(
             name=completions_ep,
@@ -238,7 +240,7 @@ def test_sdk_errors_map_to_databricks_exceptions(
         WorkspaceClient(
             host=ws.host, token="not-the-token", auth_type="pat"
         ).serving_endpoints.list()
-    assert [e.name for e in w.serving_endpoints.list()] == [completions_ep]
+    assert {e.name for e in w.serving_endpoints.list()} == before  # nothing half-written
 
 
 def test_sdk_query_and_bad_requests_keep_the_worker_serving(w, ws, completions_ep):
@@ -370,10 +372,12 @@ def test_restart_loses_nothing(
     w.serving_endpoints.patch(completions_ep, add_tags=[EndpointTag(key="team", value="ml")])
     for name in (chat_ep, embeddings_ep):  # fewer workers to load again
         w.serving_endpoints.delete(name)
+    before = {e.name for e in w.serving_endpoints.list()}
+    assert completions_ep in before and chat_ep not in before
     control.stop(quiet=True)
     new = control.ensure_running()
     w2 = WorkspaceClient(host=new.host, token=new.token, auth_type="pat")
-    assert [e.name for e in w2.serving_endpoints.list()] == [completions_ep]
+    assert {e.name for e in w2.serving_endpoints.list()} == before
     ep = w2.serving_endpoints.get(completions_ep)
     assert ep.tags == [EndpointTag(key="team", value="ml")]
     assert ep.config.config_version == 3  # the last config, not the first
