@@ -194,6 +194,29 @@ def test_batches_are_fifo_and_bounded():
     )
 
 
+def test_idle_worker_does_not_wait_for_a_batch_to_fill():
+    """A lone client (previous batch of one) pays no batching delay; queued requests
+    still join; under load (busy) the window applies."""
+
+    class Watched(queue.Queue):
+        timeouts: list = []
+
+        def get(self, block=True, timeout=None):
+            if timeout is not None:
+                self.timeouts.append(timeout)
+            return super().get(block, timeout)
+
+    inbox = Watched()
+    for i in (1, 2):
+        inbox.put(("infer", i, f"request {i}"))
+    batch, _ = _next_batch(inbox, config(max_wait_ms=10_000), busy=False)
+    assert batch == [(1, "request 1"), (2, "request 2")]  # what was queued joined
+    assert inbox.timeouts == []  # and nothing waited
+    inbox.put(("infer", 3, "request 3"))
+    _next_batch(inbox, config(max_wait_ms=1), busy=True)
+    assert inbox.timeouts and 0 < inbox.timeouts[0] <= 0.001
+
+
 def test_batching_off_serves_one_at_a_time():
     inbox = inbox_with(1, 2)
     assert _next_batch(inbox, config(batching=False)) == ([(1, "request 1")], False)

@@ -463,16 +463,23 @@ def _worker_main(conn: Any, config: WorkerConfig) -> None:
 
 
 def _next_batch(
-    inbox: queue.Queue[tuple[Any, ...] | None], config: WorkerConfig
+    inbox: queue.Queue[tuple[Any, ...] | None], config: WorkerConfig, busy: bool = True
 ) -> tuple[list[tuple[int, Any]], bool]:
-    """The next batch of (request id, request), FIFO; and whether to stop after it."""
+    """The next batch of (request id, request), FIFO; and whether to stop after it.
+
+    Adaptive wait: when the previous batch held a single request (``busy`` False: one
+    client at a time), only what is already queued joins and nothing waits, so a lone
+    client pays no batching delay; under concurrent load (``busy``) the batch waits up to
+    ``max_wait_ms`` for more requests to fill it.
+    """
     first = inbox.get()
     if first is None or first[0] == "stop":
         return [], True
     batch = [(first[1], first[2])]
     if not config.batching:
         return batch, False
-    deadline = time.monotonic() + config.max_wait_ms / 1000.0
+    wait = config.max_wait_ms / 1000.0 if busy else 0.0
+    deadline = time.monotonic() + wait
     while len(batch) < config.max_batch_size:
         remaining = deadline - time.monotonic()
         try:
@@ -488,8 +495,10 @@ def _next_batch(
 def _serve_forever(
     engine: Any, conn: Any, inbox: queue.Queue[tuple[Any, ...] | None], config: WorkerConfig
 ) -> None:
+    busy = False
     while True:
-        batch, stop = _next_batch(inbox, config)
+        batch, stop = _next_batch(inbox, config, busy)
+        busy = len(batch) > 1 or not inbox.empty()
         if batch:
             _serve_batch(engine, conn, batch)
         if stop:
