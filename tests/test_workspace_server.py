@@ -601,3 +601,38 @@ def test_restart_during_an_update_resumes_it(env):
         ep = again.get(f"{BASE}/ep").json()
         assert ep["state"] == {"ready": "READY", "config_update": "NOT_UPDATING"}
         assert ep["config"]["served_entities"][0]["entity_version"] == "2"
+
+
+def test_listening_socket_is_loopback_tcp_with_nodelay_on_accepted_connections():
+    """Accepted connections must get TCP_NODELAY (keep-alive SDK clients otherwise wait
+    for delayed ACKs); the server binds 127.0.0.1 only."""
+    import asyncio
+    import socket
+
+    from ptdeploy.workspace.server import listening_socket
+
+    sock = listening_socket(0)
+    try:
+        assert sock.getsockname()[0] == "127.0.0.1"
+        assert sock.proto == socket.IPPROTO_TCP
+        nodelay: list[int] = []
+
+        async def main() -> None:
+            def on_connect(reader, writer):
+                peer = writer.get_extra_info("socket")
+                nodelay.append(peer.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+                writer.close()
+
+            server = await asyncio.start_server(on_connect, sock=sock)
+            _, writer = await asyncio.open_connection("127.0.0.1", sock.getsockname()[1])
+            for _ in range(100):
+                if nodelay:
+                    break
+                await asyncio.sleep(0.01)
+            writer.close()
+            server.close()
+
+        asyncio.run(main())
+        assert nodelay and nodelay[0] != 0
+    finally:
+        sock.close()

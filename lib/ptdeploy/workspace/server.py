@@ -1519,6 +1519,26 @@ def create_app(
 # ----------------------------------------------------------------------- main
 
 
+def listening_socket(port: int) -> socket.socket:
+    """A TCP socket listening on the loopback interface only.
+
+    IPPROTO_TCP explicitly: accepted sockets inherit it, and only then does asyncio set
+    TCP_NODELAY on them. Without it, a keep-alive client (urllib3, so the SDK) waits
+    ~40 ms a request: the body write waits for the delayed ACK (Nagle).
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((LOOPBACK, port))
+    except OSError as exc:
+        sock.close()
+        raise SystemExit(
+            f"cannot listen on {LOOPBACK}:{port}: {exc.strerror}; choose another --port"
+        ) from exc
+    sock.listen(128)
+    return sock
+
+
 def run_server(
     port: int = 0, *, on_listening: Callable[[int], None] | None = None, detached: bool = False
 ) -> None:
@@ -1534,19 +1554,7 @@ def run_server(
     from ptdeploy.workspace.optimization_info import RegistryCatalog
 
     token = control.read_token(create=True)
-    # IPPROTO_TCP explicitly: accepted sockets inherit it, and only then does asyncio
-    # set TCP_NODELAY on them. Without it, a keep-alive client (urllib3, so the SDK)
-    # waits ~40 ms a request: the body write waits for the delayed ACK (Nagle).
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((LOOPBACK, port))
-    except OSError as exc:
-        sock.close()
-        raise SystemExit(
-            f"cannot listen on {LOOPBACK}:{port}: {exc.strerror}; choose another --port"
-        ) from exc
-    sock.listen(128)
+    sock = listening_socket(port)
     bound = sock.getsockname()[1]
     tracking_uri = state.tracking_uri()
     app = create_app(
