@@ -344,9 +344,7 @@ def resolve(p: Params, w: WorkspaceClient) -> CatalogModel:
     if not register_step and asked is None:
         asked = get_task_value(REGISTER_TASK, "model_version", None) or None
     version = resolve_version(name, asked, target=p.target, w=w)
-    info = optimization.require_optimizable(
-        optimization.get_optimization_info(w, name, version), name, version
-    )
+    info = optimization.optimizable_info(w, name, version)
     task = model_task(name, version, info)
     if register_step:
         set_task_values({"model_name": name, "model_version": version, "task": task})

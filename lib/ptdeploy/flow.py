@@ -134,8 +134,12 @@ class Deployment:
 
     @property
     def served_versions(self) -> list[str]:
-        entities = (self.endpoint.config.served_entities if self.endpoint.config else None) or []
-        return [str(e.entity_version) for e in entities]
+        return _entity_versions(self.endpoint)
+
+
+def _entity_versions(ep: ServingEndpointDetailed) -> list[str]:
+    entities = (ep.config.served_entities if ep.config else None) or []
+    return [str(e.entity_version) for e in entities]
 
 
 def deploy(
@@ -145,21 +149,23 @@ def deploy(
     **spec_kwargs: Any,
 ) -> Deployment:
     """Optimization info, throughput from chunks, create or update, wait until ready."""
-    info = optimization.get_optimization_info(w, registered.name, registered.version)
-    optimization.require_optimizable(info, registered.name, registered.version)
+    info = optimization.optimizable_info(w, registered.name, registered.version)
     print(info.describe())
     plan = throughput.plan_from_info(info, p.min_chunks, p.max_chunks, p.scale_to_zero)
     print(plan.describe())
-    spec = endpoints.EndpointSpec(
-        name=p.endpoint_name,
-        entity_name=registered.name,
-        entity_version=registered.version,
-        plan=plan,
-        **spec_kwargs,
-    )
-    endpoint = endpoints.create_or_update(w, spec, timeout=p.wait_timeout_minutes * 60)
+    endpoint = serve(p, w, registered.name, registered.version, plan, **spec_kwargs)
     print(f"endpoint {endpoint.name}: {endpoints.describe_state(endpoint)}")
     return Deployment(endpoint, info, plan)
+
+
+def serve(
+    p: Params, w: WorkspaceClient, name: str, version: str, plan: Any, **spec_kwargs: Any
+) -> ServingEndpointDetailed:
+    """Create or update ``p.endpoint_name`` to serve ``name`` ``version`` with ``plan``."""
+    spec = endpoints.EndpointSpec(
+        name=p.endpoint_name, entity_name=name, entity_version=version, plan=plan, **spec_kwargs
+    )
+    return endpoints.create_or_update(w, spec, timeout=p.wait_timeout_minutes * 60)
 
 
 def teardown(p: Params, w: WorkspaceClient) -> bool:
@@ -182,8 +188,7 @@ def served_versions(w: WorkspaceClient, endpoint_name: str) -> list[str]:
         ep = endpoints.get_endpoint(w, endpoint_name)
     except Exception:
         return []
-    entities = (ep.config.served_entities if ep.config else None) or []
-    return [str(e.entity_version) for e in entities]
+    return _entity_versions(ep)
 
 
 # ------------------------------------------------------------------ load-test notebook
@@ -284,8 +289,7 @@ def _deploy_for_load_test(
     name = names.registered_model_name(LOAD_TEST_CATALOG, LOAD_TEST_SCHEMA, model)
     registered = registry.register(logged.model_uri, name)
     print(f"registered {loaded.source.describe()} ({task}) as {name} version {registered.version}")
-    info = optimization.get_optimization_info(w, name, registered.version)
-    optimization.require_optimizable(info, name, registered.version)
+    info = optimization.optimizable_info(w, name, registered.version)
     if (
         info.throughput_chunk_size is None
         or info.path is not optimization.ProvisioningPath.TOKENS_PER_SECOND
@@ -299,14 +303,7 @@ def _deploy_for_load_test(
         f"deploying {p.endpoint_name} with the planner's min/max for the workload: "
         f"{plan.served_entity_fields()}"
     )
-    spec = endpoints.EndpointSpec(
-        name=p.endpoint_name,
-        entity_name=name,
-        entity_version=registered.version,
-        plan=plan.throughput_plan(),
-    )
-    ep = endpoints.create_or_update(w, spec, timeout=p.wait_timeout_minutes * 60)
-    return ep, plan
+    return serve(p, w, name, registered.version, plan.throughput_plan()), plan
 
 
 def _provisioning(

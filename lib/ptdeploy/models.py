@@ -120,8 +120,7 @@ def resolve_source(source: str, revision: str | None = None) -> ModelSource:
             )
         return ModelSource(kind="offline", name=source)
     expanded = Path(source).expanduser()
-    looks_like_path = source.startswith(("/", ".", "~")) or os.sep in source and expanded.exists()
-    if looks_like_path or expanded.exists():
+    if source.startswith(("/", ".", "~")) or expanded.exists():
         if not expanded.is_dir():
             raise ModelSourceError(
                 f"model_source={source!r}: no such model directory "
@@ -173,18 +172,10 @@ def load_model(
         if src.name == TINY_LLAMA:
             return build_tiny_llama()
         if src.name == SMOLLM2:
-            path = smollm2_dir()
-            return _load_from_dir(
-                ModelSource("offline", SMOLLM2, path), "causal-lm", False, dtype, path
-            )
+            return _load(ModelSource("offline", SMOLLM2, smollm2_dir()), "causal-lm", False, dtype)
         if src.name == MINILM:
-            path = minilm_dir()
-            return _load_from_dir(
-                ModelSource("offline", MINILM, path), "encoder", False, dtype, path
-            )
-    if src.kind == "local":
-        return _load_from_dir(src, kind, trust_remote_code, dtype, src.path)
-    return _load_from_hub(src, kind, trust_remote_code, dtype)
+            return _load(ModelSource("offline", MINILM, minilm_dir()), "encoder", False, dtype)
+    return _load(src, kind, trust_remote_code, dtype)
 
 
 def _detect_kind(config: Any) -> ModelKind:
@@ -203,37 +194,19 @@ def _torch_dtype(dtype: str | None) -> Any:
     return valid[dtype]
 
 
-def _load_from_dir(
-    src: ModelSource,
-    kind: ModelKind | None,
-    trust_remote_code: bool,
-    dtype: str | None,
-    path: Path | None,
-) -> LoadedModel:
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
-
-    assert path is not None
-    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-    kind = kind or _detect_kind(config)
-    cls = AutoModelForCausalLM if kind == "causal-lm" else AutoModel
-    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
-    if _torch_dtype(dtype) is not None:
-        kwargs["dtype"] = _torch_dtype(dtype)
-    model = cls.from_pretrained(path, **kwargs).eval()
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    return LoadedModel(model, tokenizer, src, kind, pooling=read_pooling_config(path))
-
-
-def _load_from_hub(
+def _load(
     src: ModelSource, kind: ModelKind | None, trust_remote_code: bool, dtype: str | None
 ) -> LoadedModel:
+    """Config, model and tokenizer from a directory (local, offline cache) or the hub."""
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
+    ref = str(src.path) if src.path is not None else src.name
+    common: dict[str, Any] = {"revision": src.revision, "trust_remote_code": trust_remote_code}
     try:
-        config = AutoConfig.from_pretrained(
-            src.name, revision=src.revision, trust_remote_code=trust_remote_code
-        )
+        config = AutoConfig.from_pretrained(ref, **common)
     except OSError as exc:
+        if not src.is_hub:
+            raise
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
         hint = (
             " HF_HUB_OFFLINE=1 is set and the model is not in the local Hugging Face cache: "
@@ -244,24 +217,25 @@ def _load_from_hub(
         raise ModelSourceError(f"cannot load hub model {src.name!r}: {exc}.{hint}") from exc
     kind = kind or _detect_kind(config)
     cls = AutoModelForCausalLM if kind == "causal-lm" else AutoModel
-    kwargs: dict[str, Any] = {"revision": src.revision, "trust_remote_code": trust_remote_code}
-    if _torch_dtype(dtype) is not None:
-        kwargs["dtype"] = _torch_dtype(dtype)
-    model = cls.from_pretrained(src.name, **kwargs).eval()
-    tokenizer = AutoTokenizer.from_pretrained(
-        src.name, revision=src.revision, trust_remote_code=trust_remote_code
-    )
-    pooling = None
-    try:  # sentence-transformers config, when the repo has one
+    torch_dtype = _torch_dtype(dtype)
+    model_kwargs = {**common, "dtype": torch_dtype} if torch_dtype is not None else common
+    model = cls.from_pretrained(ref, **model_kwargs).eval()
+    tokenizer = AutoTokenizer.from_pretrained(ref, **common)
+    pooling = read_pooling_config(src.path) if src.path is not None else _hub_pooling(src)
+    return LoadedModel(model, tokenizer, src, kind, pooling=pooling)
+
+
+def _hub_pooling(src: ModelSource) -> dict[str, Any] | None:
+    """The sentence-transformers pooling of a hub repository, when it has one."""
+    try:
         from huggingface_hub import snapshot_download
 
         snap = snapshot_download(
             src.name, revision=src.revision, allow_patterns=["modules.json", "*/config.json"]
         )
-        pooling = read_pooling_config(Path(snap))
+        return read_pooling_config(Path(snap))
     except Exception:
-        pooling = None
-    return LoadedModel(model, tokenizer, src, kind, pooling=pooling)
+        return None
 
 
 def read_pooling_config(path: Path) -> dict[str, Any] | None:

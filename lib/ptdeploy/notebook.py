@@ -9,8 +9,9 @@ the next task of a job (deploy after register, smoke test after deploy) gets the
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
+
+from ptdeploy.parameters import databricks_dbutils
 
 SUMMARY_MIME = "application/vnd.ptdeploy.summary+json"
 
@@ -24,22 +25,9 @@ def emit_summary(summary: dict[str, Any], namespace: dict[str, Any] | None = Non
     set_task_values(clean, namespace)
 
 
-def _dbutils(namespace: dict[str, Any] | None) -> Any:
-    if "DATABRICKS_RUNTIME_VERSION" not in os.environ:
-        return None
-    if namespace and "dbutils" in namespace:
-        return namespace["dbutils"]
-    try:
-        from IPython import get_ipython
-
-        return get_ipython().user_ns.get("dbutils")
-    except Exception:
-        return None
-
-
 def set_task_values(values: dict[str, Any], namespace: dict[str, Any] | None = None) -> None:
     """``dbutils.jobs.taskValues.set`` for each value, on Databricks only."""
-    dbutils = _dbutils(namespace)
+    dbutils = databricks_dbutils(namespace)
     if dbutils is None:
         return
     for key, value in values.items():
@@ -54,7 +42,7 @@ def get_task_value(
     ``dbutils.jobs.taskValues.get`` itself returns ``debugValue`` when the notebook runs
     outside a job; off Databricks there is no dbutils at all, so the same default applies.
     """
-    dbutils = _dbutils(namespace)
+    dbutils = databricks_dbutils(namespace)
     if dbutils is None:
         return debug_value
     return dbutils.jobs.taskValues.get(taskKey=task_key, key=key, debugValue=debug_value)

@@ -197,3 +197,9 @@ def require_optimizable(
         "given to mlflow.transformers.log_model; other models can still be served on a "
         "CPU/GPU workload (workload_size), not with provisioned throughput."
     )
+
+
+def optimizable_info(w: WorkspaceClient, model_name: str, version: int | str) -> OptimizationInfo:
+    """``get_optimization_info`` then ``require_optimizable``: the info of a model that
+    can be served with provisioned throughput, or ``NotOptimizableError`` with the reason."""
+    return require_optimizable(get_optimization_info(w, model_name, version), model_name, version)

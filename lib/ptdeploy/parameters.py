@@ -296,7 +296,7 @@ def _ipython() -> Any:
     return get_ipython()
 
 
-def _databricks_dbutils(namespace: Mapping[str, Any]) -> Any:
+def databricks_dbutils(namespace: Mapping[str, Any] | None = None) -> Any:
     """``dbutils`` as Databricks injects it into notebooks, or None off Databricks.
 
     Never ``from databricks.sdk.runtime import dbutils``: off a cluster that blocks for
@@ -304,7 +304,7 @@ def _databricks_dbutils(namespace: Mapping[str, Any]) -> Any:
     """
     if "DATABRICKS_RUNTIME_VERSION" not in os.environ:
         return None
-    dbutils = namespace.get("dbutils")
+    dbutils = (namespace or {}).get("dbutils")
     if dbutils is None:
         shell = _ipython()
         dbutils = getattr(shell, "user_ns", {}).get("dbutils") if shell else None
@@ -424,7 +424,7 @@ def resolve(spec: ParameterSpec, namespace: Mapping[str, Any] | None = None) -> 
     typed = spec.validate(cell_values)
     seeds = {p.name: p.widget_text(typed[p.name]) for p in spec.params}
 
-    dbutils = _databricks_dbutils(namespace)
+    dbutils = databricks_dbutils(namespace)
     if dbutils is not None:
         values, extra = _databricks_surface(spec, seeds, dbutils)
         if extra:

@@ -52,6 +52,8 @@ def embed_from_registry(model_uri: str, texts: list[str]) -> list[list[float]]:
     import mlflow
     import torch
 
+    from ptdeploy.workspace.engine import pool
+
     info = mlflow.models.get_model_info(model_uri)
     pooling = (info.metadata or {}).get("pooling") or {"mode": "cls", "normalize": False}
     components = mlflow.transformers.load_model(model_uri, return_type="components")
@@ -59,13 +61,6 @@ def embed_from_registry(model_uri: str, texts: list[str]) -> list[list[float]]:
     encoded = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
     with torch.inference_mode():
         hidden = model(**encoded).last_hidden_state
-    mask = encoded["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-    if pooling["mode"] == "mean":
-        vectors = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-    elif pooling["mode"] == "max":
-        vectors = hidden.masked_fill(mask == 0, -1e9).max(1).values
-    else:
-        vectors = hidden[:, 0]
-    if pooling.get("normalize"):
-        vectors = torch.nn.functional.normalize(vectors, p=2, dim=1)
+    # the engine's pooling, so the smoke test embeds exactly as the endpoint will
+    vectors = pool(hidden, encoded["attention_mask"], pooling)
     return vectors.tolist()

@@ -29,10 +29,10 @@ def _uc_part(what: str):
 
 
 def _endpoint_name(value: str) -> None:
-    import re
+    # the same rule as the SDK-side check (imported lazily: no SDK import to read a spec)
+    from ptdeploy.endpoints import check_endpoint_name
 
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}", value):
-        raise ValueError(f"not a valid endpoint name ({_ENDPOINT_HELP})")
+    check_endpoint_name(value)
 
 
 def _alias(value: str) -> None:
