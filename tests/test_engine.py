@@ -8,9 +8,12 @@ import struct
 
 import pytest
 from ptdeploy import models
+from ptdeploy.workspace import engine as engine_module
 from ptdeploy.workspace.engine import (
+    PER_ROW,
     Engine,
     ModelLoadError,
+    calibrate_linear_rows,
     estimate_tokens_per_second,
     model_task,
     pool,
@@ -101,6 +104,79 @@ def test_batch_mixing_settings_keeps_greedy_rows_identical(completions):
     )
     assert mixed[1]["choices"] == alone["choices"]
     assert mixed[2]["usage"]["completion_tokens"] <= 2
+
+
+# Processors disagree on how a matrix product rounds a row depending on how many rows
+# it has (AVX2 and AVX-512 differ). These stand-ins for other BLAS kernels let the tests
+# check, on whatever CPU runs them, that the engine measures what its CPU needs.
+
+
+def _rounds_by_row_count(x, weight, bias):
+    """A BLAS whose results change unless the row count is a multiple of 8."""
+    import torch.nn.functional as F
+
+    y = F.linear(x, weight, bias)
+    return y + y * (2.0**-20 * (x.shape[0] % 8))
+
+
+def _rounds_by_position(x, weight, bias):
+    """A BLAS whose results for a row depend on its position in the batch."""
+    import torch.nn.functional as F
+
+    y = F.linear(x, weight, bias)
+    y[1::2] += y[1::2] * 2.0**-20
+    return y
+
+
+def _alone_and_together(engine: Engine) -> tuple[list[dict], list[dict]]:
+    reqs = [greedy(p, max_tokens=12, logprobs=3) for p in PROMPTS]
+    return [engine.complete(r) for r in reqs], engine.complete_batch(reqs)
+
+
+def test_calibration_on_this_cpu_makes_linears_batch_invariant():
+    """Whatever this CPU's kernels do, the calibrated multiple keeps every row's bits."""
+    import torch
+
+    loaded = models.build_tiny_llama()
+    multiple = calibrate_linear_rows(loaded.model, 16)
+    assert multiple in (4, 8, 16, PER_ROW)
+    probe = torch.Generator().manual_seed(1)  # other rows than the calibration's own
+    for module in loaded.model.modules():
+        if isinstance(module, torch.nn.Linear) and multiple != PER_ROW:
+            rows = torch.randn(32, module.in_features, generator=probe)
+            assert engine_module._rows_invariant(module, rows, 16, multiple)
+
+
+@pytest.mark.parametrize(
+    ("blas", "expected"), [(_rounds_by_row_count, 8), (_rounds_by_position, PER_ROW)]
+)
+def test_batched_greedy_stays_identical_on_other_kernels(monkeypatch, blas, expected):
+    """An AVX-512-like BLAS: the engine measures another multiple and stays invariant."""
+    monkeypatch.setattr(engine_module, "_linear", blas)
+    loaded = models.build_tiny_llama()
+    engine = Engine(loaded.model, loaded.tokenizer, TASK_COMPLETIONS, seed=0)
+    assert engine.linear_row_multiple == expected
+    assert engine.batch_invariant
+    alone, together = _alone_and_together(engine)
+    assert [a["choices"] for a in alone] == [t["choices"] for t in together]
+    # and the calibration is what makes it so: the AVX2 rule would break on this BLAS
+    engine_module.set_linear_row_multiple(engine.model, 4)
+    engine._row_multiples = dict.fromkeys(engine._row_multiples, 4)
+    alone, together = _alone_and_together(engine)
+    assert [a["choices"] for a in alone] != [t["choices"] for t in together]
+
+
+def test_a_new_thread_count_is_calibrated_before_generating(completions):
+    import torch
+
+    threads = torch.get_num_threads()
+    completions._row_multiples.pop(threads + 1, None)
+    torch.set_num_threads(threads + 1)
+    try:
+        completions.complete(greedy(PROMPTS[1], max_tokens=2))
+        assert completions._row_multiples[threads + 1] in (4, 8, 16, PER_ROW)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_registry_model_answers_like_the_in_memory_one(completions, registered_tiny_completions):

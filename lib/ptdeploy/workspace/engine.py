@@ -33,26 +33,36 @@ What a request gets (and the choices made where the APIs leave room):
   sentence-transformers config). Without it: CLS pooling, not normalized, which is
   what GTE and BGE use.
 
-Batching. Requests are served together in one generation loop: prompts left-padded to
-one length, per-row positions, per-row settings (greedy and sampled rows, different
-``max_tokens`` and ``stop`` mix in one batch) and per-row stopping (a finished row
-leaves the batch and its KV cache). Greedy results with batching are bitwise identical
-to unbatched ones on Llama-family models. That is not free on a CPU; two things break
-it and the engine fixes both:
+Batching. Requests are served together in one generation loop: per-row positions and
+per-row settings (greedy and sampled rows, different ``max_tokens`` and ``stop`` mix in
+one batch) and per-row stopping (a finished row leaves the batch and its KV cache).
+Greedy results with batching are bitwise identical to unbatched ones on Llama-family
+models, on any x86 CPU. That is not free on a CPU; three things break it and the engine
+fixes each:
 
 1. Matrix products are not batch-invariant: MKL's sgemm computes a row's dot products
-   in a different order depending on the number of rows (measured here, AVX2, 1-2
-   threads: results differ for M < 4 and M in 5-7, 9-11, and agree for every M that is a
-   multiple of 4 or >= 12). Each ``nn.Linear`` therefore pads its rows to a multiple of 4.
-2. Attention over a left-padded batch sums over masked keys and shifted positions,
+   in a different order depending on the number of rows and the instruction set (AMD
+   EPYC, AVX2, 1-2 threads: rows differ for M < 4 and M in 5-7, 9-11; Intel Xeon with
+   AVX-512 differs again). No fixed rule holds on every processor, so the engine
+   *measures* it when it loads (``calibrate_linear_rows``): for each linear shape of the
+   model it finds the smallest row multiple (4, 8, 16, ... up to the largest decode
+   batch) under which every row gets the same bits at every batch size and position,
+   and pads each ``nn.Linear``'s rows to it. Where no multiple works, each row is
+   multiplied on its own (``PER_ROW``): slower, invariant by construction. The result
+   is kept per torch thread count (``Engine.linear_row_multiple``).
+2. Prefill would multiply ``batch x width`` rows at once, a size no single request
+   has alone: each row is prefilled on its own, with exactly the shapes it has alone,
+   and the rows' KV caches are then joined (left-padded) for batched decoding.
+3. Attention over a left-padded batch sums over masked keys and shifted positions,
    which rounds differently. The engine registers a row-wise attention
    (``ptdeploy_rowwise``): each row attends only to its own valid keys, with exactly
    the shapes it would have alone.
 
 Greedy argmax over logits that differ in the 7th digit can pick another token, so this
 is what makes "same request, same answer, whatever else is in the batch" true. The
-engine checks it when it loads (``Engine.batch_invariant``); a model family where it does
-not hold is still served correctly, through the standard masked attention.
+engine checks it end to end when it loads (``Engine.batch_invariant``); a model family
+where it does not hold is still served correctly, through the standard masked attention
+and batched prefill.
 """
 
 from __future__ import annotations
@@ -101,7 +111,10 @@ DEFAULT_POOLING: dict[str, Any] = {"mode": "cls", "normalize": False}
 # Families whose attention modules go through transformers' attention interface with the
 # standard (module, query, key, value, mask, scaling) contract and no sliding window.
 ROWWISE_MODEL_TYPES = ("llama",)
-LINEAR_ROW_MULTIPLE = 4
+# Row multiples tried, smallest first, when calibrating the linear layers (see
+# calibrate_linear_rows); PER_ROW: each row multiplied on its own.
+LINEAR_ROW_CANDIDATES = (4, 8, 16)
+PER_ROW = 0
 
 
 class ModelLoadError(PtdeployError):
@@ -150,21 +163,94 @@ def estimate_tokens_per_second(parameter_count: int, kind: str = "causal-lm") ->
 # ------------------------------------------------------------------ batch invariance
 
 
-def _invariant_linear_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
-    """``nn.Linear.forward`` with rows padded to a multiple of 4 (see module docstring)."""
-    import torch
+def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """The matrix product every batch-invariant linear goes through (tests swap it)."""
     import torch.nn.functional as F
 
-    shape = x.shape
-    rows = x.reshape(-1, shape[-1])
+    return F.linear(x, weight, bias)
+
+
+def padded_linear(
+    rows: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, multiple: int
+) -> torch.Tensor:
+    """``rows @ weight.T + bias`` with the rows padded to ``multiple`` (or one at a time)."""
+    import torch
+
+    rows = rows.contiguous()
     m = rows.shape[0]
-    pad = (-m) % LINEAR_ROW_MULTIPLE
-    if pad:
-        rows = torch.cat([rows, rows.new_zeros(pad, shape[-1])])
-    out = F.linear(rows, self.weight, self.bias)
-    if pad:
-        out = out[:m]
+    if multiple == PER_ROW:
+        return torch.cat([_linear(rows[i : i + 1], weight, bias) for i in range(m)])
+    pad = (-m) % multiple
+    if not pad:
+        return _linear(rows, weight, bias)
+    out = _linear(torch.cat([rows, rows.new_zeros(pad, rows.shape[-1])]), weight, bias)
+    return out[:m]
+
+
+def _invariant_linear_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
+    """``nn.Linear.forward`` with rows padded to the calibrated multiple (module docstring)."""
+    shape = x.shape
+    out = padded_linear(
+        x.reshape(-1, shape[-1]), self.weight, self.bias, self.ptdeploy_row_multiple
+    )
     return out.reshape(*shape[:-1], out.shape[-1])
+
+
+def _rows_invariant(linear: Any, probe: torch.Tensor, max_rows: int, multiple: int) -> bool:
+    """Does every row get the same bits alone and at every batch size up to ``max_rows``?
+
+    Rows padded to ``multiple`` fall into a few padded sizes (``multiple``, twice that,
+    ...); a row's result does not depend on the other rows' values, so one product per
+    padded size, full of distinct rows, covers every batch size and every position.
+    """
+    import torch
+
+    weight, bias = linear.weight, linear.bias
+    alone = [padded_linear(probe[i : i + 1], weight, bias, multiple)[0] for i in range(max_rows)]
+    for size in range(multiple, max_rows + multiple, multiple):
+        together = padded_linear(probe[:size], weight, bias, multiple)
+        if not all(torch.equal(together[i], alone[i]) for i in range(min(size, max_rows))):
+            return False
+    return True
+
+
+def calibrate_linear_rows(model: Any, max_rows: int) -> int:
+    """The smallest row multiple under which the model's linears are batch-invariant here.
+
+    Measured on this CPU, with torch's current thread count, for one linear of each
+    (in, out, bias) shape in the model: a candidate of ``LINEAR_ROW_CANDIDATES`` (or
+    ``max_rows`` itself, which gives every decode step one shape) is kept when each of
+    ``max_rows`` distinct rows gets bitwise the same output alone and at every batch
+    size and position. ``PER_ROW`` when none is: each row multiplied on its own.
+    """
+    import torch
+
+    shapes: dict[tuple[int, int, bool], Any] = {}
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            shapes.setdefault(
+                (module.in_features, module.out_features, module.bias is not None), module
+            )
+    max_rows = max(1, int(max_rows))
+    candidates = sorted({c for c in LINEAR_ROW_CANDIDATES if c < max_rows} | {max_rows})
+    generator = torch.Generator().manual_seed(0)
+    with torch.inference_mode():
+        probes = {
+            key: torch.randn(
+                max_rows + candidates[-1],  # the largest padded size any candidate reaches
+                key[0],
+                generator=generator,
+                dtype=module.weight.dtype,
+            )
+            for key, module in shapes.items()
+        }
+        for multiple in candidates:
+            if all(
+                _rows_invariant(module, probes[key], max_rows, multiple)
+                for key, module in shapes.items()
+            ):
+                return multiple
+    return PER_ROW
 
 
 def _rowwise_attention(
@@ -234,23 +320,37 @@ def _register_rowwise_attention() -> None:
         ALL_MASK_ATTENTION_FUNCTIONS.register(ROWWISE_ATTENTION, sdpa_mask)
 
 
-def make_batch_invariant(model: Any) -> bool:
-    """Switch a causal LM to row-padded linears and row-wise attention; False if unsupported."""
+def make_batch_invariant(model: Any, max_rows: int) -> int | None:
+    """Switch a causal LM to calibrated linears and row-wise attention.
+
+    Returns the calibrated row multiple (``PER_ROW`` included), or None when the model's
+    family is not supported (it keeps its standard attention).
+    """
     import torch
 
     model_type = getattr(model.config, "model_type", None)
     if model_type not in ROWWISE_MODEL_TYPES or getattr(model.config, "sliding_window", None):
-        return False
+        return None
     _register_rowwise_attention()
     try:
         model.set_attn_implementation(ROWWISE_ATTENTION)
     except Exception as exc:  # a model class that refuses custom attention
         log.warning("row-wise attention not available for %s: %s", model_type, exc)
-        return False
+        return None
+    multiple = calibrate_linear_rows(model, max_rows)
+    set_linear_row_multiple(model, multiple)
     for module in model.modules():
         if isinstance(module, torch.nn.Linear):
             module.forward = types.MethodType(_invariant_linear_forward, module)
-    return True
+    return multiple
+
+
+def set_linear_row_multiple(model: Any, multiple: int) -> None:
+    import torch
+
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            module.ptdeploy_row_multiple = multiple
 
 
 # ------------------------------------------------------------------ generation rows
@@ -333,6 +433,8 @@ class Engine:
         self.pooling = self._check_pooling(pooling) if task == TASK_EMBEDDINGS else None
         self.context_length = self._context_length()
         self.batch_invariant = False
+        # calibrated linear row multiple per torch thread count (None: standard attention)
+        self._row_multiples: dict[int, int] = {}
         self._token_cache: dict[int, tuple[str, tuple[int, ...]]] = {}
         if task == TASK_EMBEDDINGS:
             self.embed_max_length = min(
@@ -347,7 +449,9 @@ class Engine:
                 )
             self.eos_ids = self._eos_ids()
             self.pad_id = self._pad_id()
-            if make_batch_invariant(self.model):
+            multiple = make_batch_invariant(self.model, self.max_batch_rows)
+            if multiple is not None:
+                self._row_multiples[torch.get_num_threads()] = multiple
                 self.batch_invariant = self._check_batch_invariance()
 
     # ------------------------------------------------------------------ loading
@@ -771,10 +875,33 @@ class Engine:
 
     # ------------------------------------------------------------------ generation loop
 
+    @property
+    def rowwise(self) -> bool:
+        """Row-wise attention, per-row prefill and calibrated linears are in use."""
+        return self.model.config._attn_implementation == ROWWISE_ATTENTION
+
+    @property
+    def linear_row_multiple(self) -> int | None:
+        """The linears' row multiple for torch's current thread count (``PER_ROW``: 0)."""
+        import torch
+
+        return self._row_multiples.get(torch.get_num_threads()) if self.rowwise else None
+
+    def _calibrate_for_threads(self) -> None:
+        """MKL splits work by thread count: calibrate again when it changed since loading."""
+        import torch
+
+        threads = torch.get_num_threads()
+        if self.rowwise and threads not in self._row_multiples:
+            self._row_multiples[threads] = calibrate_linear_rows(self.model, self.max_batch_rows)
+        if self.rowwise:
+            set_linear_row_multiple(self.model, self._row_multiples[threads])
+
     def _generate(
         self, rows: list[_Row], on_row_done: Callable[[int, _Generated], None] | None = None
     ) -> list[_Generated]:
         """Generate every row, ``max_batch_rows`` at a time (FIFO)."""
+        self._calibrate_for_threads()
         results: list[_Generated] = [_Generated() for _ in rows]
         for start in range(0, len(rows), self.max_batch_rows):
             chunk = list(range(start, min(start + self.max_batch_rows, len(rows))))
@@ -789,38 +916,25 @@ class Engine:
         on_row_done: Callable[[int, _Generated], None] | None,
     ) -> None:
         import torch
-        from transformers import DynamicCache
 
         lengths = [len(rows[r].prompt_ids) for r in chunk]
         width = max(lengths)
         batch = len(chunk)
-        input_ids = torch.full((batch, width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((batch, width), dtype=torch.long)
-        for b, r in enumerate(chunk):
-            input_ids[b, width - lengths[b] :] = torch.tensor(rows[r].prompt_ids, dtype=torch.long)
+        for b in range(batch):
             mask[b, width - lengths[b] :] = 1
         starts = [width - n for n in lengths]
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
         next_pos = torch.tensor(lengths, dtype=torch.long)
-        extra = (
-            {"ptdeploy_kv_start": starts}
-            if self.model.config._attn_implementation == ROWWISE_ATTENTION
-            else {}
-        )
-        cache = DynamicCache(config=self.model.config)
+        extra = {"ptdeploy_kv_start": starts} if self.rowwise else {}
         active = list(chunk)  # batch position -> row index
         with torch.inference_mode():
-            out = self.model(
-                input_ids=input_ids,
-                attention_mask=mask,
-                position_ids=positions,
-                past_key_values=cache,
-                use_cache=True,
-                logits_to_keep=1,
-                **extra,
-            )
+            if self.rowwise:
+                logits, cache = self._prefill_rows([rows[r].prompt_ids for r in chunk], width)
+            else:
+                logits, cache = self._prefill_padded(
+                    [rows[r].prompt_ids for r in chunk], width, mask
+                )
             while True:
-                logits = out.logits[:, -1, :].float()
                 next_tokens: list[int] = []
                 keep: list[int] = []
                 for b, r in enumerate(active):
@@ -851,7 +965,67 @@ class Engine:
                     use_cache=True,
                     **extra,
                 )
+                logits = out.logits[:, -1, :].float()
                 next_pos += 1
+
+    def _prefill_rows(self, prompts: list[list[int]], width: int) -> tuple[torch.Tensor, Any]:
+        """Prefill each prompt alone, then join the KV caches left-padded to ``width``.
+
+        Each row is computed with exactly the shapes it has when it is the only request,
+        so its prefill cannot depend on the rest of the batch (module docstring, 2).
+        """
+        import torch
+        from transformers import DynamicCache
+
+        logits, caches = [], []
+        for ids in prompts:
+            cache = DynamicCache(config=self.model.config)
+            out = self.model(
+                input_ids=torch.tensor([ids], dtype=torch.long),
+                position_ids=torch.arange(len(ids), dtype=torch.long)[None],
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+                ptdeploy_kv_start=[0],
+            )
+            logits.append(out.logits[0, -1, :].float())
+            caches.append(cache)
+        if len(caches) == 1:
+            return logits[0][None], caches[0]
+        joined = DynamicCache(config=self.model.config)
+        for layer in range(len(caches[0].layers)):
+            keys, values = [], []
+            for cache in caches:
+                k, v = cache.layers[layer].keys, cache.layers[layer].values
+                pad = width - k.shape[-2]
+                if pad:
+                    k = torch.cat([k.new_zeros(*k.shape[:-2], pad, k.shape[-1]), k], dim=-2)
+                    v = torch.cat([v.new_zeros(*v.shape[:-2], pad, v.shape[-1]), v], dim=-2)
+                keys.append(k)
+                values.append(v)
+            joined.update(torch.cat(keys), torch.cat(values), layer)
+        return torch.stack(logits), joined
+
+    def _prefill_padded(
+        self, prompts: list[list[int]], width: int, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, Any]:
+        """Prefill the prompts together, left-padded (families without row-wise attention)."""
+        import torch
+        from transformers import DynamicCache
+
+        input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        for b, ids in enumerate(prompts):
+            input_ids[b, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+        cache = DynamicCache(config=self.model.config)
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=mask,
+            position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        return out.logits[:, -1, :].float(), cache
 
     def _next_token(self, row: _Row, gen: _Generated, logits: torch.Tensor) -> int:
         import torch

@@ -436,6 +436,7 @@ def _worker_main(conn: Any, config: WorkerConfig) -> None:
             {
                 "task": engine.task,
                 "batch_invariant": engine.batch_invariant,
+                "linear_row_multiple": engine.linear_row_multiple,
                 "torch_threads": config.torch_threads,
                 "load_seconds": round(time.monotonic() - started, 3),
             },
