@@ -32,6 +32,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from ptdeploy.cost import Pricing
 from ptdeploy.errors import ThroughputError
 from ptdeploy.loadtest import LevelResult, LoadTestResult
 from ptdeploy.planner import (
@@ -181,7 +182,24 @@ class CapacityCheck:
                 )
         lines.extend(f"Why: {reason}" for reason in self.reasons)
         lines.append(f"Verdict: {self.verdict.value}.")
+        lines.extend(self.cost_lines())
         return lines
+
+    def cost_lines(self) -> list[str]:
+        """Cost as deployed and as planned, when a Pricing was given (else nothing)."""
+        deployed, planned = self.nominal.deployed_cost, self.plan.cost
+        if deployed is None or planned is None:
+            return []
+        c = deployed.pricing.currency
+        return [
+            f"Cost as deployed: {deployed.per_hour_at_min:,.2f} {c}/hour at min, "
+            f"{deployed.per_hour_at_max:,.2f} {c}/hour at max "
+            f"({deployed.per_month_at_min:,.2f}..{deployed.per_month_at_max:,.2f} {c}/month).",
+            f"Cost as planned: {planned.per_hour_at_min:,.2f} {c}/hour at min, "
+            f"{planned.per_hour_at_max:,.2f} {c}/hour at max "
+            f"({planned.per_month_at_min:,.2f}..{planned.per_month_at_max:,.2f} {c}/month)"
+            + (", nothing while scaled to zero." if planned.scale_to_zero else "."),
+        ]
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -198,6 +216,10 @@ class CapacityCheck:
             "nominal_verdict": self.nominal.verdict.value,
             "measured_concurrency": self.level.concurrency if self.level else None,
             "measured_tokens_per_second": self.measured_tokens_per_second,
+            "deployed_cost": self.nominal.deployed_cost.as_dict()
+            if self.nominal.deployed_cost
+            else None,
+            "planned_cost": self.plan.cost.as_dict() if self.plan.cost else None,
             "measured_tokens_per_request": self.measured_tokens_per_request,
             "delivered_share_of_max": self.delivered_share_of_max,
             "lower_bound": self.lower_bound,
@@ -222,10 +244,13 @@ def check_capacity(
     *,
     p95_latency_target_s: float | None = None,
     headroom: float = DEFAULT_HEADROOM,
+    pricing: Pricing | None = None,
 ) -> CapacityCheck:
     """Compare the workload the planner sized for, the deployed min/max and a load test.
 
-    ``p95_latency_target_s`` defaults to the workload's. See the module docstring for the verdict's rules.
+    ``p95_latency_target_s`` defaults to the workload's. See the module docstring for the
+    verdict's rules. With ``pricing`` the check also states the cost per hour and per month
+    as deployed and as planned (:mod:`ptdeploy.cost`).
     """
     if not isinstance(deployed, DeployedThroughput):
         raise ThroughputError(
@@ -235,13 +260,14 @@ def check_capacity(
     target = p95_latency_target_s
     if target is None:
         target = workload.p95_latency_target_s
-    plan = plan_capacity(workload, chunk_size, headroom=headroom)
+    plan = plan_capacity(workload, chunk_size, headroom=headroom, pricing=pricing)
     nominal = assess_provisioning(
         deployed.min_provisioned_throughput,
         deployed.max_provisioned_throughput,
         workload.peak_tokens_per_second,
         chunk_size,
         headroom=headroom,
+        pricing=pricing,
     )
     if not isinstance(result, LoadTestResult):
         raise ThroughputError(

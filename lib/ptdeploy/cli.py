@@ -18,6 +18,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "run-all": ("ptdeploy.runner", "run every notebook template for a target"),
     "loadtest": ("ptdeploy.loadtest", "load-test a serving endpoint at a ladder of concurrencies"),
     "bundle": ("ptdeploy.bundle", "write (or --check) the Databricks job bundle from parameters/"),
+    "plan": ("ptdeploy.cli", "size min/max provisioned throughput for a workload, with its cost"),
 }
 
 
@@ -44,6 +45,110 @@ def main(argv: list[str] | None = None) -> int:
     mod = importlib.import_module(args._module)
     run = getattr(mod, f"run_{args._command.replace('-', '_')}", None) or mod.run
     return int(run(args) or 0)
+
+
+# --------------------------------------------------------------------------- plan
+
+
+def _number(minimum: float = 0.0, *, strict: bool = False):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"got {text!r}; expected a number") from None
+        if value != value or value in (float("inf"), float("-inf")):
+            raise argparse.ArgumentTypeError(f"got {text!r}; expected a finite number")
+        if value < minimum or (strict and value == minimum):
+            bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
+            raise argparse.ArgumentTypeError(f"got {text!r}; expected a number {bound}")
+        return value
+
+    return parse
+
+
+def configure_plan_parser(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``ptdeploy plan``: a workload, the chunk size and, optionally, prices."""
+    from ptdeploy.cost import PRICING_SOURCES
+    from ptdeploy.planner import DEFAULT_HEADROOM
+
+    parser.add_argument(
+        "--peak-rps", type=_number(strict=True), required=True, help="requests per second at peak"
+    )
+    parser.add_argument(
+        "--rest-rps",
+        type=_number(),
+        default=0.0,
+        help="requests per second at rest (default 0: idle off-peak)",
+    )
+    parser.add_argument(
+        "--input-tokens", type=_number(), required=True, help="mean input tokens per request"
+    )
+    parser.add_argument(
+        "--output-tokens",
+        type=_number(),
+        required=True,
+        help="mean output tokens per request (0 for embeddings)",
+    )
+    parser.add_argument(
+        "--p95-latency",
+        type=_number(strict=True),
+        default=None,
+        help="p95 latency target in seconds (rules out scale-to-zero)",
+    )
+    parser.add_argument(
+        "--chunk-size",
+        type=int,
+        required=True,
+        help="throughput_chunk_size from get-model-optimization-info",
+    )
+    parser.add_argument(
+        "--headroom",
+        type=_number(1.0),
+        default=DEFAULT_HEADROOM,
+        help=f"margin over the load (default {DEFAULT_HEADROOM:g})",
+    )
+    parser.add_argument(
+        "--dbu-per-hour-per-unit",
+        type=_number(strict=True),
+        default=None,
+        help="DBUs one chunk or model unit consumes per hour (for the cost)",
+    )
+    parser.add_argument(
+        "--price-per-dbu",
+        type=_number(strict=True),
+        default=None,
+        help="price of one DBU (for the cost)",
+    )
+    parser.add_argument("--currency", default="USD", help="currency of --price-per-dbu (USD)")
+    parser.epilog = f"Prices are yours to give; where to find them: {PRICING_SOURCES}."
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    """``ptdeploy plan``: print the planner's arithmetic and proposal (and cost); 2 on bad input."""
+    from ptdeploy.cost import pricing_from
+    from ptdeploy.errors import PtdeployError
+    from ptdeploy.planner import Workload, plan_capacity
+
+    try:
+        plan = plan_capacity(
+            Workload(
+                args.peak_rps,
+                args.rest_rps,
+                args.input_tokens,
+                args.output_tokens,
+                p95_latency_target_s=args.p95_latency,
+            ),
+            args.chunk_size,
+            headroom=args.headroom,
+            pricing=pricing_from(args.dbu_per_hour_per_unit, args.price_per_dbu, args.currency),
+        )
+    except PtdeployError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print("\n".join(plan.explain()))
+    if plan.cost is None:
+        print("(Give --dbu-per-hour-per-unit and --price-per-dbu to see the cost.)")
+    return 0
 
 
 if __name__ == "__main__":

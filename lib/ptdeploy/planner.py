@@ -65,6 +65,7 @@ import numbers
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ptdeploy.cost import CostEstimate, Pricing, estimate_cost
 from ptdeploy.errors import ParameterError, ThroughputError
 
 if TYPE_CHECKING:
@@ -216,6 +217,7 @@ class CapacityPlan:
     max_provisioned_throughput: int
     scale_to_zero_enabled: bool
     warnings: tuple[str, ...] = field(default_factory=tuple)
+    cost: CostEstimate | None = None  # with a Pricing: per hour/month at min and max
 
     def served_entity_fields(self) -> dict[str, Any]:
         """The fields of a served entity in an endpoint config (create or update)."""
@@ -280,6 +282,8 @@ class CapacityPlan:
                 f"p95 latency target {_fmt(w.p95_latency_target_s)} s: token arithmetic cannot "
                 "promise a latency; check it with a load test at the expected concurrency."
             )
+        if self.cost is not None:
+            lines.extend(self.cost.explain())
         lines.extend(f"Warning: {text}" for text in self.warnings)
         return lines
 
@@ -306,6 +310,7 @@ def plan_capacity(
     *,
     headroom: float = DEFAULT_HEADROOM,
     scale_to_zero: bool | None = None,
+    pricing: Pricing | None = None,
 ) -> CapacityPlan:
     """Propose min/max provisioned throughput for ``workload`` in whole chunks.
 
@@ -316,7 +321,8 @@ def plan_capacity(
     choice conflicts with the workload. Scale to zero sets min to 0. Without
     scale-to-zero and no load at rest (a latency target, or ``scale_to_zero=False``), one
     chunk stays warm (min = 1 chunk) so the first request after a quiet period does not
-    wait for a cold start.
+    wait for a cold start. With ``pricing`` (:class:`ptdeploy.cost.Pricing`) the plan
+    carries its cost per hour and per month at min and at max (``plan.cost``).
 
     Raises :class:`~ptdeploy.errors.ParameterError` for an invalid workload or headroom
     and :class:`~ptdeploy.errors.ThroughputError` for an invalid chunk size.
@@ -388,7 +394,16 @@ def plan_capacity(
         max_provisioned_throughput=max_chunks * chunk,
         scale_to_zero_enabled=scale,
         warnings=tuple(warnings),
+        cost=_cost(min_chunks, max_chunks, pricing, scale),
     )
+
+
+def _cost(
+    min_units: int, max_units: int, pricing: Pricing | None, scale_to_zero: bool
+) -> CostEstimate | None:
+    if pricing is None:
+        return None
+    return estimate_cost(min_units, max_units, pricing, scale_to_zero=scale_to_zero)
 
 
 # --------------------------------------------------------------------------- assessment
@@ -419,6 +434,8 @@ class ProvisioningAssessment:
     chunk_size: int
     headroom: float
     recommended_max_provisioned_throughput: int
+    deployed_cost: CostEstimate | None = None  # the deployed min/max, with a Pricing
+    recommended_cost: CostEstimate | None = None  # the deployed min, the recommended max
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -460,6 +477,16 @@ class ProvisioningAssessment:
                 f"The minimum alone ({self.min_provisioned_throughput} tokens/s, billed even "
                 "when idle) exceeds what the measured load needs."
             )
+        if self.deployed_cost is not None and self.recommended_cost is not None:
+            deployed, recommended = self.deployed_cost, self.recommended_cost
+            currency = deployed.pricing.currency
+            lines.append(
+                f"Cost at max: {deployed.per_hour_at_max:,.2f} {currency}/hour "
+                f"({deployed.per_month_at_max:,.2f} {currency}/month) as deployed; "
+                f"{recommended.per_hour_at_max:,.2f} {currency}/hour "
+                f"({recommended.per_month_at_max:,.2f} {currency}/month) with the recommended "
+                f"max. At min: {deployed.per_hour_at_min:,.2f} {currency}/hour."
+            )
         return lines
 
 
@@ -470,6 +497,7 @@ def assess_provisioning(
     chunk_size: int,
     *,
     headroom: float = DEFAULT_HEADROOM,
+    pricing: Pricing | None = None,
 ) -> ProvisioningAssessment:
     """Compare a deployed min/max with ``measured_tokens_per_second``.
 
@@ -477,7 +505,8 @@ def assess_provisioning(
     the ``total_tokens_per_second`` of the load-test level that matches production
     concurrency, or the peak of usage tracking. Under-provisioned: the load times
     ``headroom`` needs more chunks than the max allows. Over-provisioned: fewer chunks
-    would do. Right-sized: the max is exactly the chunks needed.
+    would do. Right-sized: the max is exactly the chunks needed. With ``pricing`` the
+    assessment also carries the cost as deployed and with the recommended max.
     """
     chunk = _chunk_size(chunk_size)
     margin = _headroom(headroom)
@@ -517,4 +546,6 @@ def assess_provisioning(
         chunk_size=chunk,
         headroom=margin,
         recommended_max_provisioned_throughput=needed * chunk,
+        deployed_cost=_cost(int(low) // chunk, deployed, pricing, low == 0),
+        recommended_cost=_cost(min(int(low) // chunk, needed), needed, pricing, low == 0),
     )
