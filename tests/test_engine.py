@@ -12,6 +12,7 @@ from ptdeploy.workspace import engine as engine_module
 from ptdeploy.workspace.engine import (
     PER_ROW,
     Engine,
+    GenerationBatch,
     ModelLoadError,
     calibrate_linear_rows,
     estimate_tokens_per_second,
@@ -177,6 +178,108 @@ def test_a_new_thread_count_is_calibrated_before_generating(completions):
         assert completions._row_multiples[threads + 1] in (4, 8, 16, PER_ROW)
     finally:
         torch.set_num_threads(threads)
+
+
+def test_a_request_joins_a_running_batch_and_answers_as_alone(completions):
+    """Continuous batching: a later request starts at the next step, not after the batch."""
+    long_req = parse_request(TASK_COMPLETIONS, greedy(PROMPTS[0], max_tokens=40, logprobs=2))
+    short_req = parse_request(TASK_COMPLETIONS, greedy(PROMPTS[3], max_tokens=3, logprobs=2))
+    alone = [
+        completions.complete(greedy(PROMPTS[i], max_tokens=m, logprobs=2))
+        for i, m in ((0, 40), (3, 3))
+    ]
+    answers: dict[str, tuple[int, dict]] = {}
+    batch = GenerationBatch(completions)
+    completions.submit(batch, long_req, lambda r: answers.setdefault("long", (batch.steps, r)))
+    for _ in range(10):
+        batch.step()
+    completions.submit(batch, short_req, lambda r: answers.setdefault("short", (batch.steps, r)))
+    batch.step()
+    assert len(batch.active) == 2  # decoding together
+    while not batch.idle:
+        batch.step()
+    # the short one joined at step 10 and left after its 3 tokens, long before the long one
+    assert answers["short"][0] <= 13 < answers["long"][0]
+    assert answers["long"][1]["choices"] == alone[0]["choices"]
+    assert answers["short"][1]["choices"] == alone[1]["choices"]
+
+
+def test_rows_beyond_the_batch_limit_wait_and_join_as_rows_finish():
+    loaded = models.build_tiny_llama()
+    engine = Engine(loaded.model, loaded.tokenizer, TASK_COMPLETIONS, seed=0, max_batch_rows=2)
+    reqs = [
+        greedy(p, max_tokens=m, logprobs=1) for p, m in zip(PROMPTS, (12, 2, 7, 3, 5), strict=True)
+    ]
+    alone = [engine.complete(r) for r in reqs]
+    batch = GenerationBatch(engine)
+    answers: dict[int, dict] = {}
+    most = 0
+    for i, r in enumerate(reqs):
+        engine.submit(
+            batch, parse_request(TASK_COMPLETIONS, r), lambda a, i=i: answers.setdefault(i, a)
+        )
+    while not batch.idle:
+        batch.step()
+        most = max(most, len(batch.active))
+    assert most == 2
+    assert [answers[i]["choices"] for i in range(len(reqs))] == [a["choices"] for a in alone]
+
+
+def test_a_request_the_model_cannot_take_fails_alone_at_submission(completions):
+    batch = GenerationBatch(completions)
+    got: list = []
+    completions.submit(batch, parse_request(TASK_COMPLETIONS, greedy("hello " * 600)), got.append)
+    assert isinstance(got[0], InvalidRequestError) and batch.idle
+
+
+def _stream(engine: Engine, task: str, body: dict) -> tuple[list[tuple], dict]:
+    """Serve one request with streaming: the (choice, delta) events and the response."""
+    events: list[tuple] = []
+    batch = GenerationBatch(engine)
+    engine.submit(
+        batch,
+        parse_request(task, body),
+        lambda r: events.append(("done", r)),
+        on_delta=lambda c, text: events.append((c, text)),
+    )
+    while not batch.idle:
+        batch.step()
+    assert events[-1][0] == "done"
+    return events[:-1], events[-1][1]
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{}, {"echo": True, "suffix": " [end]"}, {"n": 2}],
+    ids=["plain", "echo-suffix", "n2"],
+)
+def test_streamed_deltas_add_up_to_the_answer(completions, extra):
+    deltas, resp = _stream(
+        completions, TASK_COMPLETIONS, greedy(PROMPTS[0], max_tokens=20, **extra)
+    )
+    assert len(deltas) > 3  # token by token, not one piece at the end
+    for choice in resp["choices"]:
+        assert "".join(t for c, t in deltas if c == choice["index"]) == choice["text"]
+    # streaming changes how the answer travels, not the answer
+    unstreamed = completions.complete(greedy(PROMPTS[0], max_tokens=20, **extra))
+    assert resp["choices"] == unstreamed["choices"]
+
+
+def test_streaming_never_sends_text_a_stop_sequence_cuts(completions):
+    full = text(completions.complete(greedy(PROMPTS[0], max_tokens=30)))
+    stop = full[12:15]
+    deltas, resp = _stream(
+        completions, TASK_COMPLETIONS, greedy(PROMPTS[0], max_tokens=30, stop=[stop])
+    )
+    streamed = "".join(t for _, t in deltas)
+    assert streamed == text(resp) == full[: full.index(stop)]
+    assert resp["choices"][0]["finish_reason"] == "stop"
+
+
+def test_chat_streams_too(chat):
+    body = {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 12, "temperature": 0}
+    deltas, resp = _stream(chat, TASK_CHAT, body)
+    assert "".join(t for _, t in deltas) == resp["choices"][0]["message"]["content"]
 
 
 def test_registry_model_answers_like_the_in_memory_one(completions, registered_tiny_completions):

@@ -92,6 +92,28 @@ def test_concurrent_requests_are_batched_and_answer_as_alone(good):
     assert after["batches"] - before["batches"] < len(PROMPTS)
 
 
+def test_a_short_request_is_not_held_back_by_a_long_one(good):
+    """Continuous batching in the worker: the short request joins the running batch."""
+    long_body = body(PROMPTS[0], max_tokens=200)
+    short_body = body(PROMPTS[3], max_tokens=2)
+    short_alone = good.infer_blocking(short_body)
+    finished: list[str] = []
+
+    async def both():
+        async def one(name, b, delay):
+            await asyncio.sleep(delay)
+            resp = await good.infer(b)
+            finished.append(name)
+            return resp
+
+        return await asyncio.gather(one("long", long_body, 0), one("short", short_body, 0.05))
+
+    long_resp, short_resp = asyncio.run(both())
+    assert finished == ["short", "long"]
+    assert long_resp["usage"]["completion_tokens"] == 200
+    assert short_resp["choices"] == short_alone["choices"]
+
+
 def test_invalid_request_is_refused_before_the_worker(good):
     sent = good.stats()["requests"]
 

@@ -67,6 +67,7 @@ and batched prefill.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -677,33 +678,93 @@ class Engine:
     def _serve_generation(
         self, items: list[tuple[int, Request]], done: Callable[..., None]
     ) -> None:
-        prepared: dict[int, _Prepared] = {}
+        batch = GenerationBatch(self)
         for i, req in items:
-            try:
-                prepared[i] = self._prepare(req)
-            except InvalidRequestError as exc:
-                done(i, exc)
-        rows: list[_Row] = []
-        owner: list[int] = []  # row -> request index
-        for i, prep in prepared.items():
-            rows.extend(prep.rows)
-            owner.extend([i] * len(prep.rows))
-        remaining = {i: len(p.rows) for i, p in prepared.items()}
-        generated: list[_Generated | None] = [None] * len(rows)
-        first_row = {}
-        for r, i in enumerate(owner):
-            first_row.setdefault(i, r)
+            self.submit(batch, req, functools.partial(done, i))
+        while not batch.idle:
+            batch.step()
 
-        def row_done(r: int, gen: _Generated) -> None:
-            generated[r] = gen
-            i = owner[r]
-            remaining[i] -= 1
-            if remaining[i] == 0:
-                start = first_row[i]
-                mine = [g for g in generated[start : start + len(prepared[i].rows)]]
-                done(i, self._respond(prepared[i], mine))  # type: ignore[arg-type]
+    def submit(
+        self,
+        batch: GenerationBatch,
+        request: Request,
+        done: Callable[[dict[str, Any] | Exception], None],
+        on_delta: Callable[[int, str], None] | None = None,
+    ) -> None:
+        """Queue a completions or chat request in ``batch`` (continuous batching).
 
-        self._generate(rows, row_done)
+        ``done(response)`` runs when the request's last row finishes, during one of the
+        batch's steps; ``done(error)`` at once for a request the model cannot take (a
+        prompt longer than the context...). ``on_delta(choice_index, text)`` (streaming)
+        gets each choice's text as it becomes final: the echoed prompt first, then new
+        text after each step — never text that a stop sequence could still cut, nor half
+        a UTF-8 character — and the suffix last; the deltas of a choice add up to its
+        text in the response.
+        """
+        try:
+            prep = self._prepare(request)
+        except InvalidRequestError as exc:
+            done(exc)
+            return
+        generated: list[_Generated | None] = [None] * len(prep.rows)
+        remaining = [len(prep.rows)]
+
+        def row_done(k: int, gen: _Generated) -> None:
+            generated[k] = gen
+            remaining[0] -= 1
+            if remaining[0] == 0:
+                try:
+                    response: dict[str, Any] | Exception = self._respond(prep, generated)  # type: ignore[arg-type]
+                except Exception as exc:  # decoding the answer failed: this request only
+                    response = exc
+                done(response)
+
+        streams: dict[int, Callable[[_Generated, bool], None]] = {}
+        if on_delta is not None:
+            for k in range(len(prep.rows)):
+                choices = [c for c, r in enumerate(prep.choice_rows) if r == k]
+                streams[k] = self._streamer(prep, k, choices, on_delta)
+        for k, row in enumerate(prep.rows):
+            batch.add(row, _Generated(), functools.partial(row_done, k), streams.get(k))
+
+    def _streamer(
+        self,
+        prep: _Prepared,
+        k: int,
+        choices: list[int],
+        on_delta: Callable[[int, str], None],
+    ) -> Callable[[_Generated, bool], None]:
+        """A row's token hook that turns its new final text into deltas for its choices."""
+        row = prep.rows[k]
+        sent = [0]
+        suffix = getattr(prep.request, "suffix", None) or ""
+        for c in choices:
+            if prep.prefixes[c]:
+                on_delta(c, prep.prefixes[c])
+
+        def on_token(gen: _Generated, finished: bool) -> None:
+            text = gen.text if finished else self._settled_text(row, gen)
+            new = text[sent[0] :] if len(text) > sent[0] else ""
+            sent[0] = max(sent[0], len(text))
+            if finished:
+                new += suffix
+            if new:
+                for c in choices:
+                    on_delta(c, new)
+
+        return on_token
+
+    def _settled_text(self, row: _Row, gen: _Generated) -> str:
+        """The text generated so far that no later token can change: without a trailing
+        partial UTF-8 character and without an ending that could start a stop sequence."""
+        text = self._decode(gen.token_ids).rstrip("\ufffd")
+        hold = 0
+        for stop in row.stop:
+            for n in range(min(len(stop) - 1, len(text)), 0, -1):
+                if text.endswith(stop[:n]):
+                    hold = max(hold, n)
+                    break
+        return text[: len(text) - hold]
 
     def _prepare(self, req: Request) -> _Prepared:
         if isinstance(req, ChatRequest):
@@ -900,132 +961,40 @@ class Engine:
     def _generate(
         self, rows: list[_Row], on_row_done: Callable[[int, _Generated], None] | None = None
     ) -> list[_Generated]:
-        """Generate every row, ``max_batch_rows`` at a time (FIFO)."""
-        self._calibrate_for_threads()
-        results: list[_Generated] = [_Generated() for _ in rows]
-        for start in range(0, len(rows), self.max_batch_rows):
-            chunk = list(range(start, min(start + self.max_batch_rows, len(rows))))
-            self._generate_chunk(rows, chunk, results, on_row_done)
+        """Generate every row; at most ``max_batch_rows`` decode together, the rest join
+        as rows finish (FIFO)."""
+        batch = GenerationBatch(self)
+        results: list[_Generated] = []
+        for r, row in enumerate(rows):
+            gen = _Generated()
+            results.append(gen)
+            done = functools.partial(on_row_done, r) if on_row_done is not None else None
+            batch.add(row, gen, done)
+        while not batch.idle:
+            batch.step()
         return results
 
-    def _generate_chunk(
-        self,
-        rows: list[_Row],
-        chunk: list[int],
-        results: list[_Generated],
-        on_row_done: Callable[[int, _Generated], None] | None,
-    ) -> None:
-        import torch
+    def _prefill(self, ids: list[int]) -> tuple[torch.Tensor, list[tuple[Any, Any]]]:
+        """One prompt, alone: its next-token logits and its KV cache (keys, values per layer).
 
-        lengths = [len(rows[r].prompt_ids) for r in chunk]
-        width = max(lengths)
-        batch = len(chunk)
-        mask = torch.zeros((batch, width), dtype=torch.long)
-        for b in range(batch):
-            mask[b, width - lengths[b] :] = 1
-        starts = [width - n for n in lengths]
-        next_pos = torch.tensor(lengths, dtype=torch.long)
-        extra = {"ptdeploy_kv_start": starts} if self.rowwise else {}
-        active = list(chunk)  # batch position -> row index
-        with torch.inference_mode():
-            if self.rowwise:
-                logits, cache = self._prefill_rows([rows[r].prompt_ids for r in chunk], width)
-            else:
-                logits, cache = self._prefill_padded(
-                    [rows[r].prompt_ids for r in chunk], width, mask
-                )
-            while True:
-                next_tokens: list[int] = []
-                keep: list[int] = []
-                for b, r in enumerate(active):
-                    token = self._next_token(rows[r], results[r], logits[b])
-                    if self._finished(rows[r], results[r]):
-                        if on_row_done is not None:
-                            on_row_done(r, results[r])
-                    else:
-                        keep.append(b)
-                        next_tokens.append(token)
-                if not keep:
-                    return
-                if len(keep) < len(active):
-                    index = torch.tensor(keep, dtype=torch.long)
-                    cache.batch_select_indices(index)
-                    mask = mask[index]
-                    next_pos = next_pos[index]
-                    active = [active[b] for b in keep]
-                    starts = [starts[b] for b in keep]
-                    if extra:
-                        extra["ptdeploy_kv_start"] = starts
-                mask = torch.cat([mask, torch.ones((len(active), 1), dtype=torch.long)], dim=1)
-                out = self.model(
-                    input_ids=torch.tensor(next_tokens, dtype=torch.long)[:, None],
-                    attention_mask=mask,
-                    position_ids=next_pos[:, None].clone(),
-                    past_key_values=cache,
-                    use_cache=True,
-                    **extra,
-                )
-                logits = out.logits[:, -1, :].float()
-                next_pos += 1
-
-    def _prefill_rows(self, prompts: list[list[int]], width: int) -> tuple[torch.Tensor, Any]:
-        """Prefill each prompt alone, then join the KV caches left-padded to ``width``.
-
-        Each row is computed with exactly the shapes it has when it is the only request,
+        Each row is prefilled with exactly the shapes it has when it is the only request,
         so its prefill cannot depend on the rest of the batch (module docstring, 2).
         """
         import torch
         from transformers import DynamicCache
 
-        logits, caches = [], []
-        for ids in prompts:
-            cache = DynamicCache(config=self.model.config)
-            out = self.model(
-                input_ids=torch.tensor([ids], dtype=torch.long),
-                position_ids=torch.arange(len(ids), dtype=torch.long)[None],
-                past_key_values=cache,
-                use_cache=True,
-                logits_to_keep=1,
-                ptdeploy_kv_start=[0],
-            )
-            logits.append(out.logits[0, -1, :].float())
-            caches.append(cache)
-        if len(caches) == 1:
-            return logits[0][None], caches[0]
-        joined = DynamicCache(config=self.model.config)
-        for layer in range(len(caches[0].layers)):
-            keys, values = [], []
-            for cache in caches:
-                k, v = cache.layers[layer].keys, cache.layers[layer].values
-                pad = width - k.shape[-2]
-                if pad:
-                    k = torch.cat([k.new_zeros(*k.shape[:-2], pad, k.shape[-1]), k], dim=-2)
-                    v = torch.cat([v.new_zeros(*v.shape[:-2], pad, v.shape[-1]), v], dim=-2)
-                keys.append(k)
-                values.append(v)
-            joined.update(torch.cat(keys), torch.cat(values), layer)
-        return torch.stack(logits), joined
-
-    def _prefill_padded(
-        self, prompts: list[list[int]], width: int, mask: torch.Tensor
-    ) -> tuple[torch.Tensor, Any]:
-        """Prefill the prompts together, left-padded (families without row-wise attention)."""
-        import torch
-        from transformers import DynamicCache
-
-        input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
-        for b, ids in enumerate(prompts):
-            input_ids[b, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
-        cache = DynamicCache(config=self.model.config)
+        cache = DynamicCache()
+        extra = {"ptdeploy_kv_start": [0]} if self.rowwise else {}
         out = self.model(
-            input_ids=input_ids,
-            attention_mask=mask,
-            position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+            input_ids=torch.tensor([ids], dtype=torch.long),
+            position_ids=torch.arange(len(ids), dtype=torch.long)[None],
             past_key_values=cache,
             use_cache=True,
             logits_to_keep=1,
+            **extra,
         )
-        return out.logits[:, -1, :].float(), cache
+        layers = [(layer.keys, layer.values) for layer in cache.layers]
+        return out.logits[0, -1, :].float(), layers
 
     def _next_token(self, row: _Row, gen: _Generated, logits: torch.Tensor) -> int:
         import torch
@@ -1147,6 +1116,161 @@ class Engine:
         pooled = pool(hidden, enc["attention_mask"], self.pooling or DEFAULT_POOLING)
         counts = [int(n) for n in enc["attention_mask"].sum(dim=1)]
         return list(pooled.float()), counts
+
+
+@dataclass
+class _Slot:
+    """A row in a generation batch."""
+
+    row: _Row
+    gen: _Generated
+    done: Callable[[_Generated], None] | None
+    on_token: Callable[[_Generated, bool], None] | None = None  # (gen, finished): streaming
+    start: int = 0  # left padding of this row in the batch's KV cache
+    position: int = 0  # position id of the next token fed to the model
+    logits: Any = None  # the next token is chosen from these (None: fed, awaiting logits)
+
+
+class GenerationBatch:
+    """Rows decoded together; rows join and leave between decode steps (continuous batching).
+
+    ``add`` queues a row; each ``step`` (1) admits queued rows while fewer than
+    ``engine.max_batch_rows`` are active — each is prefilled alone and its KV cache joined
+    to the batch's, left-padded to a common width; (2) chooses every active row's next
+    token, finishing rows that stop (their ``done`` callback runs at once, before slower
+    rows); (3) runs one decode step for the rows left. A request that arrives while others
+    decode therefore starts at the next step instead of waiting for the whole batch.
+
+    Every row keeps the shapes it has alone in prefill and in attention (row-wise), and
+    the linears are calibrated (module docstring): greedy rows get the same bits whatever
+    joins or leaves around them. Families without row-wise attention decode with the
+    left-padding mask instead.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        from transformers import DynamicCache
+
+        self.engine = engine
+        self.waiting: list[_Slot] = []
+        self.active: list[_Slot] = []
+        self.cache = DynamicCache()
+        self.width = 0  # sequence length of the cache (padding included)
+        self.steps = 0
+
+    @property
+    def idle(self) -> bool:
+        return not self.waiting and not self.active
+
+    def add(
+        self,
+        row: _Row,
+        gen: _Generated,
+        done: Callable[[_Generated], None] | None = None,
+        on_token: Callable[[_Generated, bool], None] | None = None,
+    ) -> None:
+        self.waiting.append(_Slot(row, gen, done, on_token))
+
+    def step(self) -> None:
+        """Admit, choose the next tokens, decode once (see the class docstring)."""
+        import torch
+
+        engine = self.engine
+        engine._calibrate_for_threads()
+        with torch.inference_mode():
+            while self.waiting and len(self.active) < engine.max_batch_rows:
+                self._admit(self.waiting.pop(0))
+            keep = []
+            for slot in self.active:
+                engine._next_token(slot.row, slot.gen, slot.logits)
+                slot.logits = None
+                finished = engine._finished(slot.row, slot.gen)
+                if slot.on_token is not None:
+                    slot.on_token(slot.gen, finished)
+                if finished:
+                    if slot.done is not None:
+                        slot.done(slot.gen)
+                else:
+                    keep.append(slot)
+            if len(keep) < len(self.active):
+                self._select([i for i, s in enumerate(self.active) if s in keep])
+                self.active = keep
+            if self.active:
+                self._decode()
+        self.steps += 1
+
+    def _admit(self, slot: _Slot) -> None:
+        import torch
+
+        logits, layers = self.engine._prefill(slot.row.prompt_ids)
+        length = len(slot.row.prompt_ids)
+        slot.logits, slot.position = logits, length
+        if not self.active:
+            from transformers import DynamicCache
+
+            self.cache = DynamicCache(ddp_cache_data=layers)
+            self.width, slot.start = length, 0
+            self.active.append(slot)
+            return
+        if length > self.width:  # widen the batch: more left padding for every row
+            self._pad_left(length - self.width)
+        slot.start = self.width - length
+        for layer, (k, v) in zip(self.cache.layers, layers, strict=True):
+            layer.keys = torch.cat([layer.keys, _pad_left(k, slot.start)])
+            layer.values = torch.cat([layer.values, _pad_left(v, slot.start)])
+        self.active.append(slot)
+
+    def _pad_left(self, pad: int) -> None:
+        for layer in self.cache.layers:
+            layer.keys, layer.values = _pad_left(layer.keys, pad), _pad_left(layer.values, pad)
+        for slot in self.active:
+            slot.start += pad
+        self.width += pad
+
+    def _select(self, keep: list[int]) -> None:
+        """Keep these rows of the cache; drop the left padding no remaining row needs."""
+        import torch
+
+        if not keep:
+            return
+        index = torch.tensor(keep, dtype=torch.long)
+        trim = min(self.active[i].start for i in keep)
+        for layer in self.cache.layers:
+            layer.keys = layer.keys[index, :, trim:]
+            layer.values = layer.values[index, :, trim:]
+        for i in keep:
+            self.active[i].start -= trim
+        self.width -= trim
+
+    def _decode(self) -> None:
+        import torch
+
+        engine = self.engine
+        rows = len(self.active)
+        starts = torch.tensor([s.start for s in self.active], dtype=torch.long)
+        mask = (torch.arange(self.width + 1)[None, :] >= starts[:, None]).long()
+        extra = {"ptdeploy_kv_start": [s.start for s in self.active]} if engine.rowwise else {}
+        out = engine.model(
+            input_ids=torch.tensor([[s.gen.token_ids[-1]] for s in self.active], dtype=torch.long),
+            attention_mask=mask,
+            position_ids=torch.tensor([[s.position] for s in self.active], dtype=torch.long),
+            past_key_values=self.cache,
+            use_cache=True,
+            **extra,
+        )
+        logits = out.logits[:, -1, :].float()
+        for b in range(rows):
+            self.active[b].logits = logits[b]
+            self.active[b].position += 1
+        self.width += 1
+
+
+def _pad_left(t: torch.Tensor, pad: int) -> torch.Tensor:
+    """Zeros before the sequence axis (-2) of a [batch, heads, seq, dim] cache tensor."""
+    import torch
+
+    if not pad:
+        return t
+    return torch.cat([t.new_zeros(*t.shape[:-2], pad, t.shape[-1]), t], dim=-2)
 
 
 def _byte_decoder() -> dict[str, int]:

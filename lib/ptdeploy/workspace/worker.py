@@ -14,15 +14,15 @@ safe). The parent side, ``EntityWorker``, is what the server holds:
 - If the process dies (killed, out of memory, crashed while loading), the state becomes
   ``FAILED`` with the reason, and pending requests fail at once instead of hanging.
 
-Batching (inside the process): the first waiting request opens a batch; requests that
-arrive within ``max_wait_ms`` join it, up to ``max_batch_size`` requests; then the batch
-is served at once (``Engine.serve``: embeddings in one forward pass, completions and
-chat in one batched generation loop, each request answered as soon as its own rows
-finish). Requests are taken strictly in arrival order (FIFO), so none is starved; while a
-batch runs, new requests queue and form the next one. Every generation request can share
-a batch whatever its settings (greedy and sampled, different ``max_tokens`` and
-``stop``): the engine stops rows one by one. ``batching=False`` serves one request at a
-time (for benchmarks).
+Batching (inside the process). Completions and chat are batched *continuously*: the
+worker keeps one ``GenerationBatch`` running; requests that arrive while it decodes join
+it at the next decode step (prefilled alone, then decoded with the others) and each
+leaves as soon as its own rows finish, so a short request never waits for a long one
+and a burst never waits for the previous batch to drain. Rows are admitted in arrival
+order (FIFO) up to the engine's ``max_batch_rows``. Embeddings are batched per forward
+pass: the first waiting request opens a batch; requests that arrive within
+``max_wait_ms`` join it, up to ``max_batch_size`` requests. ``batching=False`` serves one
+request at a time (for benchmarks).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import itertools
 import logging
 import os
@@ -44,7 +45,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ptdeploy.errors import PtdeployError
-from ptdeploy.workspace.schemas import InvalidRequestError, parse_request
+from ptdeploy.workspace.schemas import TASK_EMBEDDINGS, InvalidRequestError, parse_request
 
 log = logging.getLogger(__name__)
 
@@ -496,6 +497,9 @@ def _next_batch(
 def _serve_forever(
     engine: Any, conn: Any, inbox: queue.Queue[tuple[Any, ...] | None], config: WorkerConfig
 ) -> None:
+    if config.batching and engine.task != TASK_EMBEDDINGS:
+        _serve_continuously(engine, conn, inbox)
+        return
     busy = False
     while True:
         batch, stop = _next_batch(inbox, config, busy)
@@ -503,6 +507,56 @@ def _serve_forever(
         if batch:
             _serve_batch(engine, conn, batch)
         if stop:
+            return
+
+
+def _serve_continuously(engine: Any, conn: Any, inbox: queue.Queue[tuple[Any, ...] | None]) -> None:
+    """Generation with continuous batching: requests join the running batch between
+    decode steps (``GenerationBatch``) instead of waiting for it to finish.
+
+    The loop blocks on the inbox only when nothing is being generated; otherwise it takes
+    whatever has arrived, then runs one step. "stop" finishes the requests in flight.
+    """
+    from ptdeploy.workspace.engine import GenerationBatch
+
+    batch = GenerationBatch(engine)
+    unanswered: dict[int, bool] = {}
+    stopping = False
+
+    def answer(request_id: int, result: dict[str, Any] | Exception) -> None:
+        unanswered.pop(request_id, None)
+        if isinstance(result, Exception):
+            conn.send(("error", request_id, _portable_error(result)))
+        else:
+            conn.send(("result", request_id, result))
+
+    while True:
+        arrived = 0
+        block = batch.idle and not stopping
+        while True:
+            try:
+                message = inbox.get() if block else inbox.get_nowait()
+            except queue.Empty:
+                break
+            block = False
+            if message is None or message[0] == "stop":
+                stopping = True
+                continue
+            _, request_id, request = message
+            unanswered[request_id] = True
+            arrived += 1
+            engine.submit(batch, request, functools.partial(answer, request_id))
+        if arrived:
+            conn.send(("batch", arrived))
+        if not batch.idle:
+            try:
+                batch.step()
+            except Exception as exc:  # the engine isolates requests; this is a last resort
+                log.error("generation step failed: %s\n%s", exc, traceback.format_exc())
+                for request_id in list(unanswered):
+                    answer(request_id, exc)
+                batch = GenerationBatch(engine)
+        if stopping and batch.idle:
             return
 
 
