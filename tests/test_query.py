@@ -17,6 +17,7 @@ from databricks.sdk.errors.platform import InvalidParameterValue, ResourceDoesNo
 from databricks.sdk.mixins.open_ai_client import ServingEndpointsExt
 from databricks.sdk.service.serving import ChatMessage, ChatMessageRole, QueryEndpointResponse
 from ptdeploy.errors import EndpointNotFoundError, PtdeployError, QueryError
+from ptdeploy.limits import MAX_N
 from ptdeploy.query import (
     Reasoned,
     chat,
@@ -255,7 +256,7 @@ def test_embed_single_string(w):
             "temperature='0.5'",
         ),
         (lambda w: complete(w, "llama-completions", "p", 8, n=0), "n=0"),
-        (lambda w: complete(w, "llama-completions", "p", 8, n=6), "n=6"),
+        (lambda w: complete(w, "llama-completions", "p", 8, n=MAX_N + 1), f"n={MAX_N + 1}"),
         (lambda w: complete(w, "llama-completions", "p", 8, stop=[""]), r"stop\[0\]=''"),
         (lambda w: complete(w, "llama-completions", "", 8), "prompt=''"),
         (lambda w: complete(w, "llama-completions", [], 8), r"prompt=\[\]"),

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import requests
 from ptdeploy.errors import WorkspaceError
-from ptdeploy.workspace import control
+from ptdeploy.workspace import control, files
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def _cli(*argv: str) -> int:
 
 
 def test_token_file_is_owner_only_and_repaired(ws):
-    path = control._dir() / control.TOKEN_FILE
+    path = files.workspace_dir() / files.TOKEN_FILE
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     path.chmod(0o644)

@@ -15,6 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 from ptdeploy.workspace import server as srv
 from ptdeploy.workspace import store as st
+from ptdeploy.workspace.manager import stop_all
 from ptdeploy.workspace.optimization_info import ModelDescription, ModelVersionNotFound
 from ptdeploy.workspace.schemas import InvalidRequestError
 
@@ -111,7 +112,7 @@ def env(tmp_path):
 
 
 def settle(app) -> None:
-    srv._stop_all(app.state.manager.reconcile())
+    stop_all(app.state.manager.reconcile())
 
 
 def entity(version: str = "1", lo: int = 0, hi: int = CHUNK, **extra: Any) -> dict[str, Any]:

@@ -57,6 +57,7 @@ from ptdeploy.errors import (
     EndpointNotFoundError,
     EndpointTimeoutError,
 )
+from ptdeploy.limits import ENDPOINT_NAME_MAX_LENGTH, SERVED_ENTITY_NAME_PATTERN
 from ptdeploy.throughput import ModelUnitsPlan, ProvisioningPlan, ThroughputPlan
 
 if TYPE_CHECKING:
@@ -84,9 +85,8 @@ DEFAULT_POLL_INTERVAL = 10.0  # seconds between polls once the backoff has grown
 # Databricks: "An endpoint name can consist of alphanumeric characters, dashes, and
 # underscores". The length cap (63) and the alphanumeric first character are the rules
 # the rest of ptdeploy (parameter specs, local workspace store) uses.
-ENDPOINT_NAME_MAX_LENGTH = 63
-_ENDPOINT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
-_SERVED_ENTITY_NAME = re.compile(r"[A-Za-z0-9_-]+")
+_ENDPOINT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")  # length checked apart, with its hint
+_SERVED_ENTITY_NAME = SERVED_ENTITY_NAME_PATTERN
 _UC_PART = re.compile(r"[^.\s/\x00-\x1f\x7f]+")
 
 _FAILED_UPDATES = (

@@ -61,3 +61,21 @@ class QueryError(PtdeployError, ValueError):
 
 class WorkspaceError(PtdeployError):
     """The local workspace server cannot be started, reached or stopped."""
+
+
+class WorkspaceApiError(WorkspaceError):
+    """A request the local workspace answers with an error, in Databricks' shape.
+
+    ``status`` is the HTTP status, ``error_code`` Databricks' code
+    (``INVALID_PARAMETER_VALUE``, ``RESOURCE_DOES_NOT_EXIST``...), ``message`` names the
+    field at fault and what would be valid; ``headers`` go with the answer (``Retry-After``).
+    """
+
+    def __init__(
+        self, status: int, error_code: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error_code = error_code
+        self.message = message
+        self.headers = headers

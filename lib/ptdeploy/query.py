@@ -32,6 +32,7 @@ from databricks.sdk.service.serving import ChatMessage
 
 from ptdeploy.endpoints import check_endpoint_name
 from ptdeploy.errors import EndpointNotFoundError, PtdeployError, QueryError
+from ptdeploy.limits import MAX_N, MAX_TOP_LOGPROBS
 
 if TYPE_CHECKING:
     import numpy as np
@@ -39,8 +40,6 @@ if TYPE_CHECKING:
     from databricks.sdk import WorkspaceClient
 
 CHAT_ROLES = ("system", "user", "assistant")
-MAX_TOP_LOGPROBS = 20
-MAX_N = 5  # the serving API's documented range for n is 1..5
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
 

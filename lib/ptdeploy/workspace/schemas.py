@@ -43,6 +43,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from ptdeploy.errors import PtdeployError
+from ptdeploy.limits import MAX_EMBEDDING_INPUTS, MAX_N, MAX_PROMPTS, MAX_TOP_LOGPROBS
 
 TASK_COMPLETIONS = "llm/v1/completions"
 TASK_CHAT = "llm/v1/chat"
@@ -50,8 +51,6 @@ TASK_EMBEDDINGS = "llm/v1/embeddings"
 TASKS = (TASK_COMPLETIONS, TASK_CHAT, TASK_EMBEDDINGS)
 
 DEFAULT_MAX_TOKENS = 256
-MAX_N = 16  # choices per prompt: a CPU worker is not a GPU fleet
-MAX_TOP_LOGPROBS = 20  # OpenAI's and Databricks' bound for chat
 MAX_COMPLETION_LOGPROBS = 5  # OpenAI's bound for the legacy completions API
 ROLES = ("system", "user", "assistant")
 
@@ -81,14 +80,20 @@ class InvalidRequestError(PtdeployError, ValueError):
 _STRICT = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
-def _text_list(value: Any, name: str, *, allow_empty_strings: bool) -> Any:
-    """Check ``str | list[str]`` with a message that names the field (before pydantic)."""
+def _text_list(value: Any, name: str, *, allow_empty_strings: bool, most: int) -> Any:
+    """Check ``str | list[str]`` with a message that names the field (before pydantic);
+    a list has at most ``most`` items (``ptdeploy.limits``)."""
     if isinstance(value, str):
         return value
     if isinstance(value, list):
         if not value:
             raise ValueError(
                 f"{name} is an empty list; give a string or a non-empty list of strings"
+            )
+        if len(value) > most:
+            raise ValueError(
+                f"{name} has {len(value)} items; a request takes at most {most}: split them "
+                "over several requests"
             )
         for i, item in enumerate(value):
             if not isinstance(item, str):
@@ -164,7 +169,7 @@ class CompletionRequest(_Generation):
     @field_validator("prompt", mode="before")
     @classmethod
     def _prompt(cls, value: Any) -> Any:
-        return _text_list(value, "prompt", allow_empty_strings=True)
+        return _text_list(value, "prompt", allow_empty_strings=True, most=MAX_PROMPTS)
 
     @property
     def prompts(self) -> list[str]:
@@ -265,7 +270,7 @@ class EmbeddingRequest(_Common):
     @field_validator("input", mode="before")
     @classmethod
     def _input(cls, value: Any) -> Any:
-        return _text_list(value, "input", allow_empty_strings=True)
+        return _text_list(value, "input", allow_empty_strings=True, most=MAX_EMBEDDING_INPUTS)
 
     @property
     def inputs(self) -> list[str]:

@@ -17,11 +17,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from ptdeploy.limits import ENDPOINT_NAME_PATTERN
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ UPDATE_CANCELED = "UPDATE_CANCELED"
 
 # Endpoint names as Databricks accepts them; the store relies on this to use the name as
 # a file name safely (no '/', no '..').
-ENDPOINT_NAME = re.compile(r"^[A-Za-z0-9_-]{1,63}$")
+ENDPOINT_NAME = ENDPOINT_NAME_PATTERN  # ptdeploy.limits: the one home of the name rule
 
 
 @dataclass
@@ -154,7 +155,7 @@ class EndpointStore:
         self.root.mkdir(parents=True, exist_ok=True)
 
     def _path(self, name: str) -> Path:
-        if not ENDPOINT_NAME.match(name):
+        if not ENDPOINT_NAME.fullmatch(name):
             # Callers validate names first; this guards the file system, not the user.
             raise StoreError(f"refusing to store endpoint with unsafe name {name!r}")
         return self.root / f"{name}{self.SUFFIX}"
