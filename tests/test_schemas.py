@@ -91,7 +91,14 @@ def test_valid_requests_and_defaults():
             "top_logprobs",
             ["21", "0 and 20"],
         ),
-        (TASK_CHAT, {"messages": USER, "stream": True}, "stream", ["stream=false"]),
+        (TASK_EMBEDDINGS, {"input": "x", "stream": True}, "stream", ["stream=false"]),
+        (TASK_CHAT, {"messages": USER, "stream": "yes"}, "stream", ["true or false"]),
+        (
+            TASK_CHAT,
+            {"messages": USER, "stream_options": {"include_usage": True}},
+            "stream_options",
+            ["stream=true"],
+        ),
         (
             TASK_CHAT,
             {"messages": USER, "tools": [{"type": "function"}]},

@@ -363,6 +363,78 @@ def test_openai_client_chat_completions_embeddings(ws, chat_ep, completions_ep, 
         client.completions.create(model="no-such-endpoint", prompt="x")
 
 
+def test_openai_client_streams_chat_and_completions(ws, chat_ep, completions_ep):
+    """stream=True through the openai client: chunks that add up to the whole answer."""
+    import openai
+
+    client = openai.OpenAI(api_key=ws.token, base_url=f"{ws.host}/serving-endpoints", max_retries=0)
+    messages = [{"role": "user", "content": "Tell me about Spark"}]
+    whole = client.chat.completions.create(
+        model=chat_ep, messages=messages, max_tokens=12, temperature=0
+    )
+    chunks = list(
+        client.chat.completions.create(
+            model=chat_ep,
+            messages=messages,
+            max_tokens=12,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert chunks[0].choices[0].delta.role == "assistant"
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed == whole.choices[0].message.content
+    finish = [c.choices[0].finish_reason for c in chunks if c.choices]
+    assert finish[-1] == whole.choices[0].finish_reason and set(finish[:-1]) == {None}
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    assert len(chunks) > 3  # token by token
+    pieces = client.completions.create(
+        model=completions_ep, prompt="Paris is", max_tokens=8, temperature=0, stream=True
+    )
+    text = "".join(p.choices[0].text for p in pieces if p.choices)
+    full = client.completions.create(
+        model=completions_ep, prompt="Paris is", max_tokens=8, temperature=0
+    )
+    assert text == full.choices[0].text
+
+
+def test_requests_stream_reads_server_sent_events(ws, completions_ep):
+    """Plain requests with stream=True, as a user's own SSE loop reads it."""
+    import json
+
+    r = requests.post(
+        f"{ws.host}/serving-endpoints/{completions_ep}/invocations",
+        headers={"Authorization": f"Bearer {ws.token}"},
+        json={"prompt": "Paris is", "max_tokens": 6, "temperature": 0, "stream": True},
+        stream=True,
+        timeout=60,
+    )
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    data = [line[6:] for line in r.iter_lines(decode_unicode=True) if line.startswith("data: ")]
+    assert data[-1] == "[DONE]"
+    chunks = [json.loads(d) for d in data[:-1]]
+    assert all(c["object"] == "text_completion" for c in chunks)
+    assert chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length")
+
+
+def test_query_stream_helpers(w, chat_ep, completions_ep):
+    from ptdeploy import query
+
+    deltas = list(query.stream_chat(w, chat_ep, [{"role": "user", "content": "hi"}], 10))
+    whole = query.chat(w, chat_ep, [{"role": "user", "content": "hi"}], 10)
+    assert "".join(d.text for d in deltas) == whole.message.content
+    assert [d.finish_reason for d in deltas if d.finish_reason] == [whole.finish_reason]
+    assert (
+        deltas[-1].usage is not None
+        and deltas[-1].usage.completion_tokens == whole.usage.completion_tokens
+    )
+    pieces = list(query.stream_complete(w, completions_ep, "Paris is", 6))
+    assert (
+        "".join(p.text for p in pieces) == query.complete(w, completions_ep, "Paris is", 6).texts[0]
+    )
+
+
 # ------------------------------------------------------------------ restart
 
 

@@ -8,6 +8,7 @@ registry and the real clients.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from typing import Any
 
@@ -17,7 +18,7 @@ from ptdeploy.workspace import server as srv
 from ptdeploy.workspace import store as st
 from ptdeploy.workspace.manager import stop_all
 from ptdeploy.workspace.optimization_info import ModelDescription, ModelVersionNotFound
-from ptdeploy.workspace.schemas import InvalidRequestError
+from ptdeploy.workspace.schemas import InvalidRequestError, parse_request
 
 TOKEN = "test-token-123"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -52,6 +53,21 @@ class FakeWorker:
         if isinstance(body.get("max_tokens"), int) and body["max_tokens"] < 1:
             raise InvalidRequestError("max_tokens", f"max_tokens={body['max_tokens']} must be >= 1")
         return {"object": "text_completion", "choices": [{"text": self.entity.name}]}
+
+    async def stream(self, body: dict[str, Any]):
+        """Streams the entity's name in two pieces, then the whole answer."""
+        # validated as EntityWorker.stream does, before any event ("boom" fails midway)
+        parse_request(self.task, {k: v for k, v in body.items() if k != "boom"})
+        self.bodies.append(body)
+        yield (0, self.entity.name[:1])
+        if body.get("boom"):
+            raise RuntimeError("kaboom")
+        yield (0, self.entity.name[1:])
+        yield {
+            "object": "text_completion",
+            "choices": [{"index": 0, "text": self.entity.name, "finish_reason": "length"}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3},
+        }
 
 
 class Catalog:
@@ -497,6 +513,48 @@ def test_mlflow_wrappers_are_unwrapped(env):
     assert env.workers[0].bodies[-1] == {"prompt": "c"}
 
 
+def _events(r) -> list:
+    assert r.headers["content-type"].startswith("text/event-stream")
+    lines = [line for line in r.text.split("\n\n") if line]
+    assert all(line.startswith("data: ") for line in lines)
+    return [line[6:] if line == "data: [DONE]" else json.loads(line[6:]) for line in lines]
+
+
+def test_stream_true_answers_server_sent_events(env):
+    """Chunks as OpenAI and Databricks stream them, [DONE] last, usage when asked."""
+    create(env.client)
+    ready_all(env)
+    r = env.client.post(
+        "/serving-endpoints/ep/invocations",
+        json={"prompt": "x", "stream": True, "stream_options": {"include_usage": True}},
+    )
+    assert r.status_code == 200
+    events = _events(r)
+    assert events[-1] == "[DONE]"
+    chunks = events[:-1]
+    assert {c["object"] for c in chunks} == {"text_completion"}
+    assert len({c["id"] for c in chunks}) == 1  # one answer, one id
+    text = "".join(ch["text"] for c in chunks for ch in c["choices"])
+    assert text == env.workers[0].entity.name
+    assert chunks[-2]["choices"][0]["finish_reason"] == "length"
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["total_tokens"] == 3
+
+
+def test_stream_errors_before_and_after_the_first_event(env):
+    create(env.client)
+    ready_all(env)
+    post = env.client.post
+    # refused before anything is sent: an ordinary 400
+    bad = {"prompt": "x", "stream": True, "stream_options": {"include_usage": "yes"}}
+    r = post("/serving-endpoints/ep/invocations", json=bad)
+    assert r.status_code == 400 and "include_usage" in r.json()["message"]
+    # failing midway: an error event in Databricks' shape, and no [DONE]
+    r = post("/serving-endpoints/ep/invocations", json={"prompt": "x", "stream": True, "boom": 1})
+    events = _events(r)
+    assert events[-1]["error_code"] == "INTERNAL_ERROR" and "kaboom" in events[-1]["message"]
+    assert "[DONE]" not in events
+
+
 def test_worker_errors_do_not_break_the_endpoint(env):
     create(env.client)
     ready_all(env)
@@ -506,7 +564,7 @@ def test_worker_errors_do_not_break_the_endpoint(env):
         env.client.post("/serving-endpoints/ep/invocations", json={"prompt": "x"}).status_code
         == 200
     )
-    r = env.client.post("/serving-endpoints/ep/invocations", json={"prompt": "x", "stream": True})
+    r = env.client.post("/serving-endpoints/ep/invocations", json={"prompt": "x", "stream": "yes"})
     assert r.status_code == 400 and "stream" in r.json()["message"]
     r = env.client.post("/serving-endpoints/ep/invocations", json={"prompt": "x", "max_tokens": -1})
     assert r.status_code == 400

@@ -49,6 +49,10 @@ class ValidatingWorker:
         parse_request(self.task, body)
         return {"object": "list", "data": [], "choices": []}
 
+    async def stream(self, body: dict[str, Any]):
+        parse_request(self.task, body)
+        yield {"object": "text_completion", "choices": []}
+
 
 class Catalog:
     def __init__(self) -> None:
@@ -794,7 +798,7 @@ CASES = [
         400,
         BAD,
         "stream",
-        json={"prompt": "x", "stream": True},
+        json={"prompt": "x", "stream": "yes"},
     ),
     C(
         "comp-too-many-prompts",

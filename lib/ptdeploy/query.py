@@ -16,14 +16,19 @@ databricks-sdk 0.162's ``query``:
 - types ``logprobs`` as an ``int`` while chat answers an object
   (``{"content": [{"token", "logprob", "top_logprobs": [...]}]}``).
 
+Streaming: ``stream_complete`` and ``stream_chat`` send ``stream=true`` on the same route
+(``api_client.do(raw=True)``) and yield ``StreamDelta`` pieces as the endpoint's
+server-sent events arrive.
+
 Also here: ``split_reasoning`` for DeepSeek-R1 style ``<think>…</think>`` outputs,
 ``cosine_similarity_table`` for embeddings, and ``openai_client`` for the OpenAI SDK.
 """
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -248,6 +253,20 @@ class ChatResult:
 
 
 @dataclass(frozen=True)
+class StreamDelta:
+    """A piece of a streamed answer: new text of one choice, as the endpoint sent it.
+
+    The last delta of a choice carries its ``finish_reason``; the last delta of the
+    stream carries the request's ``usage``.
+    """
+
+    text: str
+    index: int = 0
+    finish_reason: str | None = None
+    usage: Usage | None = None
+
+
+@dataclass(frozen=True)
 class Embeddings:
     """One vector per input, in input order."""
 
@@ -302,6 +321,69 @@ def _invoke(w: WorkspaceClient, endpoint: str, body: dict[str, Any]) -> dict[str
             "completions/chat endpoint (task llm/v1/completions or llm/v1/chat)?"
         )
     return answer
+
+
+def _invoke_stream(w: WorkspaceClient, endpoint: str, body: dict[str, Any]) -> Iterator[dict]:
+    """POST with ``stream=true`` through the SDK's API client; yield each SSE chunk.
+
+    Same route, auth and error mapping as ``_invoke`` (``api_client.do(raw=True)``
+    returns the body as a stream); events are ``data: <json>`` separated by blank lines,
+    ending with ``data: [DONE]``. An error event (``{"error_code", "message"}``) raises.
+    """
+    try:
+        answer = w.api_client.do(
+            "POST",
+            f"/serving-endpoints/{endpoint}/invocations",
+            body={**body, "stream": True, "stream_options": {"include_usage": True}},
+            headers={"Accept": "text/event-stream", "Content-Type": "application/json"},
+            raw=True,
+        )
+    except NotFound as exc:
+        raise EndpointNotFoundError(
+            f"serving endpoint {endpoint!r} was not found ({exc}); check the name or create "
+            "it with ptdeploy.endpoints.create_or_update."
+        ) from exc
+    except BadRequest as exc:
+        raise QueryError(f"endpoint {endpoint!r} refused the request: {exc}") from exc
+    contents = answer["contents"]
+    try:
+        buffer = b""
+        while True:
+            byte = contents.read(1)  # the SDK's stream has no readline; events are small
+            if not byte:
+                return
+            buffer += byte
+            if not buffer.endswith(b"\n\n"):
+                continue
+            lines, buffer = buffer.decode("utf-8").splitlines(), b""
+            data = "\n".join(line[5:].lstrip() for line in lines if line.startswith("data:"))
+            if not data:
+                continue
+            if data == "[DONE]":
+                return
+            chunk = json.loads(data)
+            if "error_code" in chunk:
+                raise QueryError(
+                    f"endpoint {endpoint!r} failed while streaming: {chunk['error_code']}: "
+                    f"{chunk.get('message')}"
+                )
+            yield chunk
+    finally:
+        contents.close()
+
+
+def _deltas(chunks: Iterator[dict], chat: bool) -> Iterator[StreamDelta]:
+    for chunk in chunks:
+        usage = Usage.from_dict(chunk.get("usage"))
+        choices = [c for c in chunk.get("choices") or [] if isinstance(c, dict)]
+        if not choices and usage is not None:
+            yield StreamDelta("", usage=usage)
+        for c in choices:
+            if chat:
+                text = str((c.get("delta") or {}).get("content") or "")
+            else:
+                text = str(c.get("text") or "")
+            yield StreamDelta(text, int(c.get("index", 0)), c.get("finish_reason"), usage)
 
 
 def _preview(value: Any, limit: int = 200) -> str:
@@ -427,6 +509,54 @@ def chat(
         usage=Usage.from_dict(answer.get("usage")),
         model=answer.get("model"),
     )
+
+
+def stream_complete(
+    w: WorkspaceClient,
+    endpoint: str,
+    prompt: str,
+    max_tokens: int,
+    temperature: float = 0.0,
+    stop: str | list[str] | None = None,
+) -> Iterator[StreamDelta]:
+    """Completions streamed as they are generated: ``StreamDelta`` pieces of text.
+
+    ``"".join(d.text for d in stream_complete(...))`` is the text ``complete`` returns;
+    the last delta carries ``usage``.
+    """
+    check_endpoint_name(endpoint)
+    _check_texts(prompt, "prompt")
+    body: dict[str, Any] = {
+        "prompt": prompt,
+        "max_tokens": _check_max_tokens(max_tokens),
+        "temperature": _check_temperature(temperature),
+    }
+    stops = _check_stop(stop)
+    if stops is not None:
+        body["stop"] = stops
+    return _deltas(_invoke_stream(w, endpoint, body), chat=False)
+
+
+def stream_chat(
+    w: WorkspaceClient,
+    endpoint: str,
+    messages: Sequence[Mapping[str, str] | ChatMessage],
+    max_tokens: int,
+    temperature: float = 0.0,
+    stop: str | list[str] | None = None,
+) -> Iterator[StreamDelta]:
+    """Chat streamed as it is generated: the assistant's message in ``StreamDelta`` pieces
+    (for a chat UI or an agent); the last delta carries ``usage``."""
+    check_endpoint_name(endpoint)
+    body: dict[str, Any] = {
+        "messages": _check_messages(messages),
+        "max_tokens": _check_max_tokens(max_tokens),
+        "temperature": _check_temperature(temperature),
+    }
+    stops = _check_stop(stop)
+    if stops is not None:
+        body["stop"] = stops
+    return _deltas(_invoke_stream(w, endpoint, body), chat=True)
 
 
 def _l2_normalize(vectors: list[list[float]]) -> list[list[float]]:

@@ -11,7 +11,7 @@ Routes (all require ``Authorization: Bearer <token>``)::
     PATCH  /api/2.0/serving-endpoints/{name}/tags         add_tags / delete_tags
     PUT    /api/2.0/serving-endpoints/{name}/rate-limits  (deprecated) rate limits
     GET    /api/2.0/serving-endpoints/get-model-optimization-info/{model}/{version}
-    POST   /serving-endpoints/{name}/invocations          query
+    POST   /serving-endpoints/{name}/invocations          query (stream=true: SSE)
     POST   /serving-endpoints/chat/completions            OpenAI-style, model = endpoint
     POST   /serving-endpoints/completions
     POST   /serving-endpoints/embeddings
@@ -32,12 +32,13 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from ptdeploy.errors import WorkspaceApiError
 from ptdeploy.limits import MAX_FOUNDATION_MODEL_PAYLOAD_BYTES
 from ptdeploy.workspace import store as st
+from ptdeploy.workspace import streaming
 from ptdeploy.workspace.manager import (
     EndpointManager,
     HealingPolicy,
@@ -117,11 +118,11 @@ async def invoke(
         )
     request_body = unwrap_request(body, task)
     check_request_task(request_body, task, name)
-    if request_body.get("stream"):
-        raise invalid("stream=true is not supported by the local workspace; send stream=false.")
-    request_body.pop("stream", None)
     served, worker = manager.pick(name)
+    model = name if route_task is not None else served
     try:
+        if request_body.get("stream"):
+            return await _stream(worker, request_body, task, model, served)
         result = await worker.infer(request_body)
     except InvalidRequestError as exc:
         raise WorkspaceApiError(400, exc.error_code, str(exc)) from exc
@@ -139,6 +140,25 @@ async def invoke(
     if isinstance(result, dict) and route_task is not None:
         result["model"] = name  # OpenAI routes answer with the endpoint name
     return JSONResponse(result, headers={"served-model-name": served})
+
+
+async def _stream(
+    worker: Worker, body: dict[str, Any], task: str, model: str, served: str
+) -> StreamingResponse:
+    """Answer ``stream=true`` with server-sent events (``ptdeploy.workspace.streaming``).
+
+    The first item is awaited here, before the response starts, so a request the worker
+    refuses still gets its 400 (or 503) instead of a broken stream.
+    """
+    events = worker.stream(body)
+    first = await anext(events)
+    options = body.get("stream_options")
+    include_usage = isinstance(options, dict) and options.get("include_usage") is True
+    return StreamingResponse(
+        streaming.sse(events, task=task, model=model, include_usage=include_usage, first=first),
+        media_type="text/event-stream",
+        headers={"served-model-name": served, "Cache-Control": "no-cache"},
+    )
 
 
 def create_app(

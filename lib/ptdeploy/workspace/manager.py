@@ -18,7 +18,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -56,6 +56,10 @@ class Worker(Protocol):
     def start(self) -> None: ...
 
     async def infer(self, body: dict[str, Any]) -> dict[str, Any]: ...
+
+    def stream(self, body: dict[str, Any]) -> AsyncIterator[tuple[int, str] | dict[str, Any]]:
+        """``stream=true``: (choice, text delta) items, then the whole response."""
+        ...
 
     def stop(self) -> None: ...
 

@@ -14,14 +14,16 @@ throughput endpoints share) plus the fields the OpenAI client sends on its own:
   input, as BGE query instructions are), ``encoding_format`` (``float``/``base64``: the
   OpenAI client asks for base64 unless told otherwise), ``dimensions``.
 
-Every task also accepts ``model`` (the OpenAI routes carry the endpoint name there),
-``user`` and ``stream`` (only ``false``).
+Every task also accepts ``model`` (the OpenAI routes carry the endpoint name there) and
+``user``. Completions and chat accept ``stream`` (server-sent events, see
+``completion_chunk``/``chat_chunk``) and ``stream_options: {"include_usage": bool}`` with
+it; embeddings answer in one response (``stream`` only ``false``).
 
 Unknown fields are refused, not ignored: Databricks answers ``400 Bad request: json:
 unknown field "inputs"`` for them (databricks-sdk-py issue #1263), and a misspelled
 ``max_token`` silently ignored would generate 256 tokens the user did not ask for.
 Known fields the local engine cannot honour (``tools``, ``response_format`` other than
-text, ``stream=true``) are refused with a message that says so. Types are strict, as Go's
+text, ``stream=true`` for embeddings) are refused with a message that says so. Types are strict, as Go's
 JSON decoding on Databricks is: ``"max_tokens": "10"`` is an error, not 10.
 
 Defaults (Databricks'): ``temperature`` 1.0 (sampling; send 0 for greedy, deterministic
@@ -127,15 +129,13 @@ class _Common(BaseModel):
     user: str | None = None
     stream: bool = False
 
-    @field_validator("stream")
-    @classmethod
-    def _no_stream(cls, value: bool) -> bool:
-        if value:
-            raise ValueError(
-                "stream=true is not supported by the local workspace; send stream=false "
-                "(or leave it out) to get the whole answer in one response"
-            )
-        return value
+
+class StreamOptions(BaseModel):
+    """OpenAI's ``stream_options``: ``include_usage`` adds a last chunk with the usage."""
+
+    model_config = _STRICT
+
+    include_usage: bool = False
 
 
 class _Generation(_Common):
@@ -145,6 +145,23 @@ class _Generation(_Common):
     top_k: int | None = Field(default=None, ge=1)
     n: int = Field(default=1, ge=1, le=MAX_N)
     stop: tuple[str, ...] = ()
+    stream_options: StreamOptions | None = None
+
+    @field_validator("stream_options")
+    @classmethod
+    def _stream_options_need_stream(
+        cls, value: StreamOptions | None, info: ValidationInfo
+    ) -> StreamOptions | None:
+        if value is not None and not info.data.get("stream"):
+            raise ValueError(
+                "stream_options is only allowed with stream=true; send stream=true or leave "
+                "stream_options out"
+            )
+        return value
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -267,6 +284,16 @@ class EmbeddingRequest(_Common):
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(default=None, ge=1)
 
+    @field_validator("stream")
+    @classmethod
+    def _no_stream(cls, value: bool) -> bool:
+        if value:
+            raise ValueError(
+                "stream=true is not valid for embeddings: the vectors come in one response; "
+                "send stream=false or leave it out"
+            )
+        return value
+
     @field_validator("input", mode="before")
     @classmethod
     def _input(cls, value: Any) -> Any:
@@ -315,7 +342,9 @@ FIELD_HELP: dict[str, str] = {
     "dimensions": "an integer >= 1 (the model's embedding size)",
     "model": "a string (the endpoint name)",
     "user": "a string",
-    "stream": "false",
+    "stream": "true or false (embeddings: false)",
+    "stream_options": "{'include_usage': true or false}, with stream=true",
+    "include_usage": "true or false",
     "tools": "absent (tool calling is not supported locally)",
     "tool_choice": "absent or 'none'",
     "response_format": "absent or {'type': 'text'}",
@@ -559,6 +588,60 @@ def chat_response(
         "model": model,
         "choices": out_choices,
         "usage": usage.as_dict(),
+    }
+
+
+def completion_chunk(
+    response_id: str,
+    created: int,
+    model: str,
+    choices: Sequence[tuple[int, str, str | None]],
+    usage: Usage | None = None,
+) -> dict[str, Any]:
+    """A streamed ``text_completion`` chunk: ``(index, text, finish_reason)`` per choice.
+
+    The shape OpenAI's completions stream uses (Databricks' completions endpoints stream
+    the same objects): every chunk carries the id and creation time of the whole answer;
+    the last content chunk of a choice has its ``finish_reason``; with
+    ``stream_options.include_usage`` a final chunk has no choices and the ``usage``.
+    """
+    return {
+        "id": response_id,
+        "object": "text_completion",
+        "created": created,
+        "model": model,
+        "choices": [
+            {"index": i, "text": text, "logprobs": None, "finish_reason": finish}
+            for i, text, finish in choices
+        ],
+        **({"usage": usage.as_dict()} if usage is not None else {}),
+    }
+
+
+def chat_chunk(
+    response_id: str,
+    created: int,
+    model: str,
+    choices: Sequence[tuple[int, dict[str, Any], str | None]],
+    usage: Usage | None = None,
+) -> dict[str, Any]:
+    """A streamed ``chat.completion.chunk``: ``(index, delta, finish_reason)`` per choice.
+
+    ``delta`` is ``{"role": "assistant", "content": ""}`` in a choice's first chunk,
+    ``{"content": text}`` after, ``{}`` in the chunk that carries ``finish_reason``
+    (Databricks Foundation Model REST API reference: chat responses stream
+    ``ChatCompletionChunk`` objects whose choices hold a ``delta`` message).
+    """
+    return {
+        "id": response_id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [
+            {"index": i, "delta": delta, "logprobs": None, "finish_reason": finish}
+            for i, delta, finish in choices
+        ],
+        **({"usage": usage.as_dict()} if usage is not None else {}),
     }
 
 

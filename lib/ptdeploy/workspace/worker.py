@@ -41,6 +41,7 @@ import threading
 import time
 import traceback
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,16 +91,31 @@ def default_torch_threads() -> int:
 
 
 class _Pending:
-    """A request awaiting its answer: an asyncio future or a concurrent one."""
+    """A request awaiting its answer: an asyncio future or a concurrent one.
 
-    def __init__(self, loop: asyncio.AbstractEventLoop | None) -> None:
+    A streamed request also gets its text deltas, in order, on ``events`` (an asyncio
+    queue of ``(choice index, text)``) before its future resolves.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None, stream: bool = False) -> None:
         self.loop = loop
+        self.events: asyncio.Queue[tuple[int, str] | None] | None = None
         if loop is not None:
             self.future: Any = loop.create_future()
+            if stream:
+                self.events = asyncio.Queue()
         else:
             self.future = concurrent.futures.Future()
 
+    def delta(self, choice: int, text: str) -> None:
+        if self.events is None or self.loop is None:
+            return
+        with contextlib.suppress(RuntimeError):
+            self.loop.call_soon_threadsafe(self.events.put_nowait, (choice, text))
+
     def _set(self, result: Any, exc: BaseException | None) -> None:
+        if self.events is not None:
+            self.events.put_nowait(None)  # wakes a stream reader: the answer is in
         if self.future.done():
             return
         if exc is not None:
@@ -253,6 +269,26 @@ class EntityWorker:
             with self._lock:
                 self._pending.pop(request_id, None)
 
+    async def stream(self, body: dict[str, Any]) -> AsyncIterator[tuple[int, str] | dict[str, Any]]:
+        """Serve a completions or chat request with ``stream=true``, as it generates.
+
+        Yields ``(choice index, text delta)`` as text becomes final, then the whole
+        response (the same object ``infer`` returns). Validation errors raise before the
+        first item; ``WorkerError`` if the worker fails on the request midway.
+        """
+        pending, request_id = self._submit(body, asyncio.get_running_loop(), stream=True)
+        assert pending.events is not None
+        try:
+            while True:
+                event = await pending.events.get()
+                if event is None:
+                    break
+                yield event
+            yield await pending.future
+        finally:
+            with self._lock:
+                self._pending.pop(request_id, None)
+
     def infer_blocking(self, body: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
         """``infer`` for callers without an event loop (benchmarks, scripts)."""
         pending, request_id = self._submit(body, None)
@@ -263,13 +299,20 @@ class EntityWorker:
                 self._pending.pop(request_id, None)
 
     def _submit(
-        self, body: dict[str, Any], loop: asyncio.AbstractEventLoop | None
+        self, body: dict[str, Any], loop: asyncio.AbstractEventLoop | None, stream: bool = False
     ) -> tuple[_Pending, int]:
         if self._state != READY:
             raise WorkerNotReadyError(self._not_ready_message())
         assert self._task is not None
         request = parse_request(self._task, body)  # InvalidRequestError: never sent
-        pending = _Pending(loop)
+        if bool(getattr(request, "stream", False)) != stream:
+            raise InvalidRequestError(
+                "stream",
+                "stream=true needs a streaming call (EntityWorker.stream)"
+                if not stream
+                else "EntityWorker.stream serves requests with stream=true only",
+            )
+        pending = _Pending(loop, stream)
         with self._lock:
             request_id = next(self._ids)
             self._pending[request_id] = pending
@@ -345,6 +388,12 @@ class EntityWorker:
         elif kind == "batch":
             with self._lock:
                 self._batch_sizes[message[1]] += 1
+        elif kind == "delta":
+            _, request_id, choice, text = message
+            with self._lock:
+                pending = self._pending.get(request_id)
+            if pending is not None:
+                pending.delta(choice, text)
         elif kind == "result":
             _, request_id, response = message
             with self._lock:
@@ -497,8 +546,8 @@ def _next_batch(
 def _serve_forever(
     engine: Any, conn: Any, inbox: queue.Queue[tuple[Any, ...] | None], config: WorkerConfig
 ) -> None:
-    if config.batching and engine.task != TASK_EMBEDDINGS:
-        _serve_continuously(engine, conn, inbox)
+    if engine.task != TASK_EMBEDDINGS:
+        _serve_continuously(engine, conn, inbox, one_at_a_time=not config.batching)
         return
     busy = False
     while True:
@@ -510,12 +559,20 @@ def _serve_forever(
             return
 
 
-def _serve_continuously(engine: Any, conn: Any, inbox: queue.Queue[tuple[Any, ...] | None]) -> None:
+def _serve_continuously(
+    engine: Any,
+    conn: Any,
+    inbox: queue.Queue[tuple[Any, ...] | None],
+    *,
+    one_at_a_time: bool = False,
+) -> None:
     """Generation with continuous batching: requests join the running batch between
     decode steps (``GenerationBatch``) instead of waiting for it to finish.
 
     The loop blocks on the inbox only when nothing is being generated; otherwise it takes
     whatever has arrived, then runs one step. "stop" finishes the requests in flight.
+    ``one_at_a_time`` (batching off) takes the next request only when the last is done.
+    A request with ``stream=true`` sends its text deltas as they settle.
     """
     from ptdeploy.workspace.engine import GenerationBatch
 
@@ -530,10 +587,13 @@ def _serve_continuously(engine: Any, conn: Any, inbox: queue.Queue[tuple[Any, ..
         else:
             conn.send(("result", request_id, result))
 
+    def delta(request_id: int, choice: int, text: str) -> None:
+        conn.send(("delta", request_id, choice, text))
+
     while True:
         arrived = 0
         block = batch.idle and not stopping
-        while True:
+        while not (one_at_a_time and (arrived or not batch.idle)):
             try:
                 message = inbox.get() if block else inbox.get_nowait()
             except queue.Empty:
@@ -545,7 +605,12 @@ def _serve_continuously(engine: Any, conn: Any, inbox: queue.Queue[tuple[Any, ..
             _, request_id, request = message
             unanswered[request_id] = True
             arrived += 1
-            engine.submit(batch, request, functools.partial(answer, request_id))
+            engine.submit(
+                batch,
+                request,
+                functools.partial(answer, request_id),
+                functools.partial(delta, request_id) if getattr(request, "stream", False) else None,
+            )
         if arrived:
             conn.send(("batch", arrived))
         if not batch.idle:
