@@ -19,6 +19,7 @@ from ptdeploy.workspace.worker import (
     READY,
     STOPPED,
     EntityWorker,
+    SparePool,
     WorkerConfig,
     WorkerError,
     WorkerNotReadyError,
@@ -265,3 +266,25 @@ def test_constructor_checks():
         EntityWorker("e", "m", "1", tracking_uri="sqlite://", max_batch_size=0)
     worker = EntityWorker("e", "m", "1", tracking_uri="sqlite://")
     assert worker.state == "LOADING" and worker.task is None and worker.error is None
+
+
+def test_a_spare_process_takes_the_model_and_is_replaced_once_it_is_ready(
+    registered_tiny_completions,
+):
+    """The local workspace's spare: imports done ahead, it becomes the worker."""
+    name, version = registered_tiny_completions
+    pool = SparePool(1)
+    worker = EntityWorker(
+        "tiny-spare", name, version, tracking_uri=state.tracking_uri(), spares=pool
+    )
+    try:
+        spare_pid = pool._spares[0][0].pid
+        worker.start()
+        assert worker.pid == spare_pid and not pool._spares  # taken, not spawned
+        assert worker.wait_ready(LOAD_TIMEOUT) == READY, worker.error
+        assert [p.pid for p, _ in pool._spares] != [spare_pid] and len(pool._spares) == 1
+        assert worker.infer_blocking(body(PROMPTS[0]))["choices"][0]["text"]
+    finally:
+        worker.stop()
+        pool.close()
+    assert not pool._spares

@@ -89,20 +89,27 @@ def batching_enabled() -> bool:
     return os.environ.get(BATCHING_ENV, "1").strip().lower() not in ("0", "false", "off", "no")
 
 
-def entity_worker_factory(tracking_uri: str) -> WorkerFactory:
-    """Real workers: one ``EntityWorker`` process per served entity."""
+def entity_worker_factory(tracking_uri: str, spares: int | None = None) -> WorkerFactory:
+    """Real workers: one ``EntityWorker`` process per served entity.
+
+    ``spares`` worker processes (default ``$PTDEPLOY_SPARE_WORKERS``, 1) are kept with
+    their imports done, so a new or restarted worker only loads its model.
+    """
+    from ptdeploy.workspace.worker import EntityWorker, SparePool, spare_workers_wanted
+
+    pool = SparePool(spare_workers_wanted() if spares is None else spares)
 
     def make(entity: st.ServedEntity) -> Worker:
-        from ptdeploy.workspace.worker import EntityWorker
-
         return EntityWorker(
             entity.name,
             entity.entity_name,
             entity.entity_version,
             tracking_uri=tracking_uri,
             batching=batching_enabled(),
+            spares=pool,
         )
 
+    make.spares = pool  # type: ignore[attr-defined]
     return make
 
 
