@@ -268,6 +268,7 @@ def test_constructor_checks():
     assert worker.state == "LOADING" and worker.task is None and worker.error is None
 
 
+@pytest.mark.slow  # two more processes importing torch
 def test_a_spare_process_takes_the_model_and_is_replaced_once_it_is_ready(
     registered_tiny_completions,
 ):
