@@ -310,7 +310,11 @@ def test_creates_when_absent(api, w, clock):
             "scale_to_zero_enabled": False,
         }
     ]
-    assert body["tags"] == [{"key": "team", "value": "ml"}]
+    # the user's tags, and the one that lets `ptdeploy cleanup` find what ptdeploy created
+    assert body["tags"] == [
+        {"key": "team", "value": "ml"},
+        {"key": "created_by", "value": "ptdeploy"},
+    ]
     assert ep.state.ready == EndpointStateReady.READY
     assert ep.state.config_update == EndpointStateConfigUpdate.NOT_UPDATING
     assert ep.config.served_entities[0].entity_version == "2"

@@ -19,6 +19,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "loadtest": ("ptdeploy.loadtest", "load-test a serving endpoint at a ladder of concurrencies"),
     "bundle": ("ptdeploy.bundle", "write (or --check) the Databricks job bundle from parameters/"),
     "plan": ("ptdeploy.cli", "size min/max provisioned throughput for a workload, with its cost"),
+    "cleanup": ("ptdeploy.cli", "list (and --delete) the serving endpoints ptdeploy created"),
 }
 
 
@@ -148,6 +149,70 @@ def run_plan(args: argparse.Namespace) -> int:
     print("\n".join(plan.explain()))
     if plan.cost is None:
         print("(Give --dbu-per-hour-per-unit and --price-per-dbu to see the cost.)")
+    return 0
+
+
+# --------------------------------------------------------------------------- cleanup
+
+
+def configure_cleanup_parser(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``ptdeploy cleanup``."""
+    parser.add_argument("--target", choices=("local", "databricks"), default="local")
+    parser.add_argument("--profile", default=None, help="~/.databrickscfg profile (databricks)")
+    parser.add_argument(
+        "--match", default=None, help="only endpoints whose name matches this shell pattern"
+    )
+    parser.add_argument(
+        "--delete", action="store_true", help="delete them (default: a dry run that lists them)"
+    )
+    parser.add_argument("--yes", action="store_true", help="do not ask before deleting")
+
+
+def run_cleanup(args: argparse.Namespace, *, client: object = None, ask=input) -> int:
+    """``ptdeploy cleanup``: 0 done (or listed), 1 declined, 2 nothing matched or bad input."""
+    from ptdeploy import cleanup
+    from ptdeploy.errors import PtdeployError
+
+    if args.profile and args.target == "local":
+        print("error: --profile applies to --target databricks only.", file=sys.stderr)
+        return 2
+    try:
+        if client is None:
+            from ptdeploy import targets
+
+            client = targets.workspace_client(args.target, profile=args.profile)
+        found = cleanup.managed_endpoints(client, args.match)
+        if not found:
+            what = f"matching {args.match!r}" if args.match else "at all"
+            print(
+                f"error: no serving endpoint created by ptdeploy {what} on the {args.target} "
+                f"target (ptdeploy tags what it creates {cleanup.MANAGED_TAG[0]}="
+                f"{cleanup.MANAGED_TAG[1]}); nothing changed.",
+                file=sys.stderr,
+            )
+            return 2
+        verb = "Deleting" if args.delete else "Would delete (dry run; add --delete)"
+        print(f"{verb} {len(found)} endpoint(s) created by ptdeploy on {args.target}:")
+        for ep in found:
+            print(f"  {ep.describe()}")
+        if not args.delete:
+            return 0
+        if not args.yes:
+            if not sys.stdin or not sys.stdin.isatty():
+                print(
+                    "error: not a terminal: pass --yes to delete without asking.", file=sys.stderr
+                )
+                return 2
+            if ask(f"Delete these {len(found)} endpoint(s)? [y/N] ").strip().lower() not in (
+                "y",
+                "yes",
+            ):
+                print("Nothing deleted.")
+                return 1
+        cleanup.delete_endpoints(client, found, on_deleted=lambda ep: print(f"  deleted {ep.name}"))
+    except PtdeployError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -718,10 +718,13 @@ def _refused(exc: Exception, spec: EndpointSpec, action: str) -> Exception:
 def _create(w: WorkspaceClient, spec: EndpointSpec) -> bool:
     """Create the endpoint; False if a concurrent creator got there first (409)."""
     try:
+        from ptdeploy.cleanup import MANAGED_TAG
+
+        managed = EndpointTag(key=MANAGED_TAG[0], value=MANAGED_TAG[1])  # for ptdeploy cleanup
         w.serving_endpoints.create(
             spec.name,
             config=spec.core_config(),
-            tags=spec.endpoint_tags() or None,
+            tags=[*spec.endpoint_tags(), managed],
         )
     except (ResourceAlreadyExists, AlreadyExists):
         return False

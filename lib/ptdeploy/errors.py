@@ -55,6 +55,10 @@ class ModelVersionNotFoundError(RegistryError, LookupError):
     """The registered model or version the serving API was asked about does not exist."""
 
 
+class CleanupError(EndpointError):
+    """Listing or deleting ptdeploy's endpoints failed, or a filter matched none."""
+
+
 class QueryError(PtdeployError, ValueError):
     """A query to a serving endpoint has invalid arguments or got an unusable answer."""
 

@@ -1,0 +1,140 @@
+"""ptdeploy cleanup: only the endpoints ptdeploy created, dry run first, nothing else touched.
+
+Driven through databricks-sdk against the local workspace's real app (in-process on a
+loopback port, with a worker that is ready at once), as a user's code would be.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import threading
+import time
+from typing import Any
+
+import pytest
+import uvicorn
+from databricks.sdk import WorkspaceClient
+from databricks.sdk.service.serving import EndpointCoreConfigInput, ServedEntityInput
+from ptdeploy import cleanup, cli, endpoints
+from ptdeploy.throughput import ThroughputPlan
+from ptdeploy.workspace import store as st
+from ptdeploy.workspace.app import create_app
+from ptdeploy.workspace.optimization_info import ModelDescription, ModelVersionNotFound
+
+TOKEN = "cleanup-token"
+MODEL = "main.default.tiny"
+CHUNK = 20
+
+
+class ReadyWorker:
+    def __init__(self, entity: st.ServedEntity) -> None:
+        self.task, self.error, self.state = entity.task, None, "STOPPED"
+
+    def start(self) -> None:
+        self.state = "READY"
+
+    def stop(self) -> None:
+        self.state = "STOPPED"
+
+    async def infer(self, body: dict[str, Any]) -> dict[str, Any]:
+        return {"choices": [{"text": "ok"}]}
+
+
+class Catalog:
+    def describe(self, name: str, version: str) -> ModelDescription:
+        if (name, version) != (MODEL, "1"):
+            raise ModelVersionNotFound(f"{name} version {version} is not registered")
+        return ModelDescription(
+            name=name,
+            version=version,
+            task="llm/v1/completions",
+            architecture="LlamaForCausalLM",
+            optimizable=True,
+            model_type="llama",
+            throughput_chunk_size=CHUNK,
+            reason="",
+        )
+
+
+@pytest.fixture()
+def w(tmp_path):
+    app = create_app(
+        token=TOKEN,
+        store=st.EndpointStore(tmp_path / "endpoints"),
+        catalog=Catalog(),
+        worker_factory=ReadyWorker,
+        poll_interval=0.05,
+    )
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.01)
+    host = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    yield WorkspaceClient(host=host, token=TOKEN, auth_type="pat")
+    server.should_exit = True  # the app's lifespan shuts the manager (and its workers) down
+    thread.join(timeout=10)
+
+
+def deploy(w: WorkspaceClient, name: str) -> None:
+    spec = endpoints.EndpointSpec(
+        name=name,
+        entity_name=MODEL,
+        entity_version="1",
+        plan=ThroughputPlan(0, CHUNK, CHUNK, scale_to_zero_enabled=True),
+    )
+    endpoints.create_or_update(w, spec, timeout=30, progress=False, poll_interval=0.05)
+
+
+def created_by_hand(w: WorkspaceClient, name: str) -> None:
+    entity = ServedEntityInput(
+        entity_name=MODEL, entity_version="1", min_provisioned_throughput=0,
+        max_provisioned_throughput=CHUNK,
+    )  # fmt: skip
+    w.serving_endpoints.create(
+        name, config=EndpointCoreConfigInput(name=name, served_entities=[entity])
+    )
+
+
+def args(**kw) -> argparse.Namespace:
+    base = {"target": "local", "profile": None, "match": None, "delete": False, "yes": False}
+    return argparse.Namespace(**(base | kw))
+
+
+def test_only_what_ptdeploy_created_is_listed_and_a_dry_run_deletes_nothing(w, capsys):
+    deploy(w, "llama-a")
+    deploy(w, "llama-b")
+    created_by_hand(w, "someone-elses")
+    assert [e.name for e in cleanup.managed_endpoints(w)] == ["llama-a", "llama-b"]
+    assert [e.name for e in cleanup.managed_endpoints(w, "*-b")] == ["llama-b"]
+    assert cli.run_cleanup(args(), client=w) == 0
+    out = capsys.readouterr().out
+    assert "Would delete (dry run; add --delete) 2 endpoint(s)" in out and "llama-a" in out
+    assert "someone-elses" not in out
+    assert len(list(w.serving_endpoints.list())) == 3  # nothing deleted
+
+
+def test_delete_with_yes_removes_them_and_leaves_the_rest(w, capsys):
+    deploy(w, "llama-a")
+    created_by_hand(w, "someone-elses")
+    assert cli.run_cleanup(args(delete=True, yes=True), client=w) == 0
+    assert "deleted llama-a" in capsys.readouterr().out
+    assert [e.name for e in w.serving_endpoints.list()] == ["someone-elses"]
+
+
+def test_a_filter_that_matches_nothing_is_an_error_and_changes_nothing(w, capsys):
+    deploy(w, "llama-a")
+    assert cli.run_cleanup(args(match="gte-*", delete=True, yes=True), client=w) == 2
+    assert "no serving endpoint created by ptdeploy matching 'gte-*'" in capsys.readouterr().err
+    assert [e.name for e in w.serving_endpoints.list()] == ["llama-a"]
+
+
+def test_declining_the_confirmation_deletes_nothing(w, capsys, monkeypatch):
+    deploy(w, "llama-a")
+    monkeypatch.setattr("sys.stdin.isatty", lambda: True)
+    assert cli.run_cleanup(args(delete=True), client=w, ask=lambda _: "n") == 1
+    assert "Nothing deleted" in capsys.readouterr().out
+    assert [e.name for e in w.serving_endpoints.list()] == ["llama-a"]
