@@ -61,3 +61,7 @@ class QueryError(PtdeployError, ValueError):
 
 class WorkspaceError(PtdeployError):
     """The local workspace server cannot be started, reached or stopped."""
+
+
+class LabError(PtdeployError):
+    """JupyterLab (``ptdeploy lab``) cannot be started or stopped."""
