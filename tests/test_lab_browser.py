@@ -170,6 +170,18 @@ def type_into(driver, label: str, text: str) -> None:
     field.send_keys(Keys.TAB)  # number and text widgets commit on blur
 
 
+def scroll_to_cell(driver, source_fragment: str) -> None:
+    driver.execute_script(
+        """
+        const nb = window.jupyterapp.shell.currentWidget.content;
+        const cell = nb.widgets.find(c => c.model.sharedModel.getSource().includes(arguments[0]));
+        cell.node.scrollIntoView({block: 'start'});
+        """,
+        source_fragment,
+    )
+    time.sleep(0.5)  # the windowed notebook renders the cells now in view
+
+
 def cell_outputs(driver) -> str:
     return driver.execute_script(
         "return Array.from(window.jupyterapp.shell.currentWidget.node"
@@ -211,13 +223,10 @@ def test_widgets_render_from_the_spec_and_an_edit_drives_the_run(lab, browser):
     )
     TIMINGS["llama_completions: Run All, tiny-llama (s)"] = time.perf_counter() - started
     text = cell_outputs(browser)
-    browser.execute_script(
-        "window.jupyterapp.shell.currentWidget.content.activeCellIndex = 1e9;"
-        "window.jupyterapp.shell.currentWidget.content.scrollToItem"
-        "(window.jupyterapp.shell.currentWidget.content.widgets.length - 1);"
-    )
-    time.sleep(0.5)
-    browser.save_screenshot(str(SHOTS / "2-run-all-with-max_tokens-3.png"))
+    scroll_to_cell(browser, "flow.deploy(")  # the endpoint wait's progress bar
+    browser.save_screenshot(str(SHOTS / "2-run-all-progress.png"))
+    scroll_to_cell(browser, "query.complete(")
+    browser.save_screenshot(str(SHOTS / "3-run-all-output-max_tokens-3.png"))
     assert "Traceback" not in text and "Error" not in text, text[-3000:]
     # the resolved parameters the notebook printed, and what the endpoint answered
     assert "max_tokens" in text and "3" in text
@@ -246,7 +255,7 @@ def test_an_invalid_value_is_shown_next_to_its_widget_and_stops_the_run(lab, bro
         "the error next to max_tokens",
     )[0]
     assert message.text == str(cli_error.value)
-    browser.save_screenshot(str(SHOTS / "3-invalid-max_tokens-0.png"))
+    browser.save_screenshot(str(SHOTS / "4-invalid-max_tokens-0.png"))
 
     # the next step refuses to run with it: the value never reaches the library
     browser.execute_script(

@@ -19,6 +19,28 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "loadtest": ("ptdeploy.loadtest", "load-test a serving endpoint at a ladder of concurrencies"),
     "bundle": ("ptdeploy.bundle", "write (or --check) the Databricks job bundle from parameters/"),
 }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ptdeploy",
+        description="Take foundation models to provisioned-throughput serving endpoints.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module, help_text) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module, _command=name)
+        mod = importlib.import_module(module)
+        configure = (
+            getattr(mod, f"configure_{name.replace('-', '_')}_parser", None) or mod.configure_parser
+        )
+        configure(p)
+    lab = sub.add_parser("lab", help=LAB_HELP, description=LAB_HELP)
+    lab.set_defaults(_run=run_lab)
+    configure_lab_parser(lab)
+    return parser
+
+
 LAB_HELP = "open the templates in JupyterLab (127.0.0.1, token, the project's kernel)"
 
 
@@ -57,26 +79,6 @@ def run_lab(args: argparse.Namespace) -> int:
     except PtdeployError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="ptdeploy",
-        description="Take foundation models to provisioned-throughput serving endpoints.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (module, help_text) in SUBCOMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        p.set_defaults(_module=module, _command=name)
-        mod = importlib.import_module(module)
-        configure = (
-            getattr(mod, f"configure_{name.replace('-', '_')}_parser", None) or mod.configure_parser
-        )
-        configure(p)
-    lab = sub.add_parser("lab", help=LAB_HELP, description=LAB_HELP)
-    lab.set_defaults(_run=run_lab)
-    configure_lab_parser(lab)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -51,8 +51,8 @@ def control_for(p: Param, seed: str) -> Any:
         control = widgets.FloatText(value=float(seed), **common)
     else:
         control = widgets.Text(value=seed, placeholder=p.valid_text(), **common)
-    control.style.description_width = "16em"
-    control.layout.width = "34em"
+    control.style.description_width = "22em"  # the spec's longest labels, unclipped
+    control.layout.width = "42em"
     return control
 
 
