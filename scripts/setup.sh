@@ -21,4 +21,15 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (ptdeploy)" >/dev/null
   echo "$want" > "$stamp"
 fi
+# A real browser for the JupyterLab test (tests/test_lab_browser.py): Debian's chromium and
+# its chromedriver, driven by Selenium by path (browser downloads at run time fail here).
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  if [ "$(id -u)" != "0" ]; then
+    echo "error: chromium and chromium-driver are missing and installing them needs root:" >&2
+    echo "  sudo apt-get install -y chromium chromium-driver   (or run this script as root)" >&2
+    exit 1
+  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+fi
 echo "ptdeploy environment ready: $(pwd)/.venv"

@@ -35,6 +35,7 @@ from ptdeploy.endpoints import (
     check_endpoint_name,
     create_or_update,
     delete_endpoint,
+    describe_state,
     get_endpoint,
     wait_until_ready,
 )
@@ -555,6 +556,15 @@ def test_progress_shows_the_state(api, w, clock, capsys):
     err = capsys.readouterr().err
     assert "llama-chat" in err
     assert "config_update=IN_PROGRESS" in err
+
+
+def test_progress_callback_gets_every_polled_state_and_no_bar_is_drawn(api, w, clock, capsys):
+    seen = []
+    create_or_update(w, spec(), clock=clock, progress=seen.append)
+    states = [describe_state(ep) for ep in seen]
+    assert "config_update=IN_PROGRESS" in states[0]
+    assert states[-1].startswith("ready=READY config_update=NOT_UPDATING")
+    assert "llama-chat" not in capsys.readouterr().err  # the caller draws, not the library
 
 
 # ------------------------------------------------------------------- get / delete

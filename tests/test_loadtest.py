@@ -110,6 +110,22 @@ def test_count_cap_per_level():
     assert [s.concurrency for s in result.samples] == [1] * 3 + [2] * 3 + [4] * 3
 
 
+def test_progress_callback_gets_each_sample_as_it_lands(capsys):
+    fake = FakeWorkspace(constant(0.5))
+    seen = []
+    result = run(
+        fake,
+        concurrency=(1, 2),
+        requests_per_level=3,
+        max_seconds_per_level=1e6,
+        progress=seen.append,
+    )
+    assert sorted((s.concurrency, s.index) for s in seen) == sorted(
+        (s.concurrency, s.index) for s in result.samples
+    )
+    assert "concurrency" not in capsys.readouterr().err  # the caller draws, not the library
+
+
 def test_duration_cap_at_concurrency_one():
     # Each request takes 1 s of fake time; none is issued once 5 s have passed:
     # requests start at t = 0, 1, 2, 3, 4.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import mlflow
@@ -72,3 +73,59 @@ def test_input_examples_have_the_task_shape():
     assert "prompt" in model_logging.input_example("llm/v1/completions")
     assert model_logging.input_example("llm/v1/chat")["messages"][0]["role"] == "user"
     assert isinstance(model_logging.input_example("llm/v1/embeddings")["input"], list)
+
+
+@pytest.fixture
+def notices():
+    """Warnings of transformers and MLflow, read from their own loggers (neither
+    propagates to the root logger, so pytest's caplog would not see them)."""
+    seen: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(f"{record.name}: {record.getMessage()[:120]}")
+
+    handler = Collect(level=logging.WARNING)
+    loggers = [logging.getLogger("transformers"), logging.getLogger("mlflow")]
+    for logger in loggers:
+        logger.addHandler(handler)
+    yield seen
+    for logger in loggers:
+        logger.removeHandler(handler)
+
+
+def test_logging_an_offline_model_is_quiet_and_records_its_license(notices):
+    """No model-card lookup on a model that is not on the hub, no license warning for a
+    model whose license is known, no generation-flag or BPE clean-up notices."""
+    loaded = models.build_tiny_llama(seed=3)
+    assert loaded.tokenizer.clean_up_tokenization_spaces is False  # byte-level BPE
+    targets.configure_mlflow("local")
+    logged = model_logging.log_model(loaded, task="llm/v1/completions")
+    assert notices == []
+    local = Path(mlflow.artifacts.download_artifacts(logged.model_uri))
+    assert "apache-2.0" in (local / "LICENSE.txt").read_text()
+    assert "license: apache-2.0" in (local / "model_card_data.yaml").read_text()
+
+
+def test_a_local_directory_without_a_card_is_not_looked_up_on_the_hub(tmp_path, notices):
+    tiny = models.build_tiny_llama(seed=4)
+    tiny.model.save_pretrained(tmp_path)
+    tiny.tokenizer.save_pretrained(tmp_path)
+    loaded = models.load_model(str(tmp_path))
+    card = model_logging.model_card(loaded)
+    assert card.data.license == "other"  # unknown: MLflow rightly asks to check it
+    targets.configure_mlflow("local")
+    model_logging.log_model(loaded, task="llm/v1/completions")
+    assert not [n for n in notices if "model card" in n], notices
+    assert [n for n in notices if "license" in n], notices
+
+
+def test_only_mlflows_own_predict_notices_are_dropped():
+    flt = model_logging._DropNotices(("Passing `generation_config` together",))
+
+    def record(level, msg):
+        return logging.LogRecord("transformers.generation.utils", level, "", 0, msg, (), None)
+
+    assert not flt.filter(record(logging.WARNING, "Passing `generation_config` together with x"))
+    assert flt.filter(record(logging.WARNING, "Something else"))
+    assert flt.filter(record(logging.ERROR, "Passing `generation_config` together with x"))

@@ -197,24 +197,25 @@ def test_ipywidgets_in_local_jupyter_keep_user_edits(monkeypatch):
         user_ns: dict = {}
 
     monkeypatch.delenv("PTDEPLOY_HEADLESS", raising=False)
+    monkeypatch.delenv("PTDEPLOY_LAB_PARAMETERS", raising=False)
+    monkeypatch.delenv("PTDEPLOY_LAB_OVERRIDES", raising=False)
     monkeypatch.setattr(parameters, "_ipython", lambda: ZMQInteractiveShell())
     monkeypatch.setattr("IPython.display.display", lambda *a, **k: None)
-    parameters._IPYWIDGETS.clear()
+    parameters._FORMS.clear()
     p = parameters.resolve(LLAMA_COMPLETIONS, _namespace())
     assert p.surface == "ipywidgets" and p.max_tokens == 4
-    widget = parameters._IPYWIDGETS[("llama_completions", "max_tokens")][0]
-    task_widget = parameters._IPYWIDGETS[("llama_completions", "task")][0]
-    assert (
-        type(task_widget).__name__ == "Dropdown" and widget.description == "Smoke-test max_tokens"
-    )
+    form = parameters._FORMS["llama_completions"]
+    widget = form.controls["max_tokens"]
+    assert type(form.controls["task"]).__name__ == "Dropdown"
+    assert widget.description == "Smoke-test max_tokens"
 
-    widget.value = "1960"  # the user types in the widget
+    widget.value = 1960  # the user types in the widget
     assert parameters.resolve(LLAMA_COMPLETIONS, _namespace()).max_tokens == 1960
 
-    widget.value = "abc"
-    with pytest.raises(ParameterError, match="parameter 'max_tokens': invalid value 'abc'"):
+    widget.value = 0
+    with pytest.raises(ParameterError, match="parameter 'max_tokens': invalid value '0'"):
         parameters.resolve(LLAMA_COMPLETIONS, _namespace())
 
     # the parameters cell itself changed: the new default wins and re-seeds the widget
     assert parameters.resolve(LLAMA_COMPLETIONS, _namespace(max_tokens=8)).max_tokens == 8
-    parameters._IPYWIDGETS.clear()
+    parameters._FORMS.clear()

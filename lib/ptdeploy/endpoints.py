@@ -58,6 +58,7 @@ from ptdeploy.errors import (
     EndpointTimeoutError,
 )
 from ptdeploy.limits import ENDPOINT_NAME_MAX_LENGTH, SERVED_ENTITY_NAME_PATTERN
+from ptdeploy.progress import Progress, reporter
 from ptdeploy.throughput import ModelUnitsPlan, ProvisioningPlan, ThroughputPlan
 
 if TYPE_CHECKING:
@@ -537,19 +538,6 @@ def _seconds(timeout: float | timedelta) -> float:
     return seconds
 
 
-def _progress_bar(name: str, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(
-        desc=f"{desc} {name}",
-        total=None,
-        unit="poll",
-        disable=not enabled,
-        bar_format="{desc}{postfix} [{elapsed}]",
-        leave=True,
-    )
-
-
 def _poll(
     w: WorkspaceClient,
     name: str,
@@ -557,7 +545,7 @@ def _poll(
     deadline: float,
     clock: Clock,
     poll_interval: float,
-    progress: bool,
+    progress: Progress,
     done: Callable[[ServingEndpointDetailed], bool],
     desc: str,
     goal: str,
@@ -565,12 +553,11 @@ def _poll(
 ) -> ServingEndpointDetailed:
     delay = min(1.0, poll_interval)
     start = clock.time()
-    with _progress_bar(name, desc, progress) as bar:
+    with reporter(progress, f"{desc} {name}", describe_state) as report:
         while True:
             ep = get_endpoint(w, name)
             state_text = describe_state(ep)
-            bar.update(1)
-            bar.set_postfix_str(state_text)  # refreshes: every state is shown
+            report(ep)
             if done(ep):
                 return ep
             if fail_on_failure:
@@ -605,7 +592,7 @@ def wait_until_ready(
     timeout: float | timedelta = DEFAULT_TIMEOUT,
     clock: Clock | None = None,
     poll_interval: float = DEFAULT_POLL_INTERVAL,
-    progress: bool = True,
+    progress: Progress = True,
 ) -> ServingEndpointDetailed:
     """Poll until the endpoint is READY and NOT_UPDATING; return it.
 
@@ -613,6 +600,8 @@ def wait_until_ready(
     ``UPDATE_FAILED``/``UPDATE_CANCELED`` (or a served entity that failed for good), and
     ``EndpointTimeoutError`` naming the last state after ``timeout`` (seconds or
     ``timedelta``). ``clock`` is any ``databricks.sdk.clock.Clock`` (``FakeClock`` in tests).
+    ``progress``: ``True`` draws a bar, ``False`` nothing, and a callable is called with
+    each polled endpoint, as the SDK's waiters call ``callback`` (``ptdeploy.progress``).
     """
     check_endpoint_name(name)
     clock = clock or RealClock()
@@ -744,7 +733,7 @@ def _update(
     deadline: float,
     clock: Clock,
     poll_interval: float,
-    progress: bool,
+    progress: Progress,
 ) -> None:
     """``update_config``, waiting out (and retrying after) an update someone else started."""
     attempts = 3
@@ -779,7 +768,7 @@ def _wait_out_update(
     deadline: float,
     clock: Clock,
     poll_interval: float,
-    progress: bool,
+    progress: Progress,
 ) -> ServingEndpointDetailed:
     return _poll(
         w,
@@ -828,7 +817,7 @@ def create_or_update(
     *,
     timeout: float | timedelta = DEFAULT_TIMEOUT,
     clock: Clock | None = None,
-    progress: bool = True,
+    progress: Progress = True,
     poll_interval: float = DEFAULT_POLL_INTERVAL,
     force_update: bool = False,
 ) -> ServingEndpointDetailed:

@@ -83,3 +83,7 @@ class WorkspaceApiError(WorkspaceError):
         self.error_code = error_code
         self.message = message
         self.headers = headers
+
+
+class LabError(PtdeployError):
+    """JupyterLab (``ptdeploy lab``) cannot be started or stopped."""

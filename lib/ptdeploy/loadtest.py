@@ -74,6 +74,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ptdeploy.errors import EndpointError, ParameterError, PtdeployError
+from ptdeploy.progress import Progress
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -665,7 +666,7 @@ def run_load_test(
     inputs: Sequence[str] | None = None,
     out_dir: str | os.PathLike[str] | None = None,
     clock: Callable[[], float] = time.monotonic,
-    progress: bool = True,
+    progress: Progress = True,
     retry_throttled: bool = False,
 ) -> LoadTestResult:
     """Load-test ``endpoint`` at each level of ``concurrency`` and return the results.
@@ -675,7 +676,9 @@ def run_load_test(
     :func:`build_payload`. With ``out_dir`` the raw samples and the table are saved there
     (:meth:`LoadTestResult.save`). ``clock`` (seconds, monotonic) times the requests and
     the duration cap; tests inject a fake one. ``retry_throttled=True`` keeps the SDK's
-    own retries of 429/503 (latency then includes the waits).
+    own retries of 429/503 (latency then includes the waits). ``progress``: a bar per
+    level (``True``), none, or a callable called with each :class:`Sample` as it lands
+    (``ptdeploy.progress``).
 
     Raises :class:`~ptdeploy.errors.ParameterError` for invalid arguments and
     :class:`~ptdeploy.errors.EndpointError` when the task must be detected and the
@@ -736,7 +739,7 @@ def _run_level(
     count_cap: int,
     time_cap: float,
     clock: Callable[[], float],
-    progress: bool,
+    progress: Progress,
 ) -> tuple[list[Sample], float, str]:
     """One closed-loop level: ``concurrency`` workers, at most ``count_cap`` requests, none
     issued after ``time_cap`` seconds. Returns (samples by index, wall time, stop reason)."""
@@ -750,7 +753,7 @@ def _run_level(
         total=count_cap,
         desc=f"{endpoint} concurrency {concurrency}",
         unit="req",
-        disable=not progress,
+        disable=not progress or callable(progress),  # a callback: the caller draws
     )
     start = clock()
 
@@ -798,6 +801,8 @@ def _run_level(
                 )
             with lock:
                 samples.append(sample)
+                if callable(progress):
+                    progress(sample)  # one at a time, never from two workers at once
             bar.update(1)
 
     try:

@@ -10,12 +10,15 @@ is written, and logs without registering: registration is a separate step
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
+import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from ptdeploy.errors import ModelLoggingError
-from ptdeploy.models import LoadedModel
+from ptdeploy.models import OFFLINE_LICENSES, LoadedModel
 
 TASK_COMPLETIONS = "llm/v1/completions"
 TASK_CHAT = "llm/v1/chat"
@@ -91,16 +94,91 @@ def pip_requirements() -> list[str]:
 
 
 def _make_deterministic(loaded: LoadedModel) -> None:
-    """Greedy decoding by default: a served model must not sample unless asked to."""
+    """Greedy decoding by default: a served model must not sample unless asked to.
+
+    The sampling knobs get their neutral values rather than None: a text-generation
+    pipeline (MLflow builds one to log the model) fills every None with its own sampling
+    defaults (``temperature=0.7``), which transformers then flags as invalid next to
+    ``do_sample=False``. Neutral values are what transformers expects of greedy decoding.
+    """
     gen = getattr(loaded.model, "generation_config", None)
     if gen is None:
         return
     gen.do_sample = False
-    for name in ("temperature", "top_p", "top_k"):
+    for name, neutral in (("temperature", 1.0), ("top_p", 1.0), ("top_k", 50)):
         if hasattr(gen, name):
-            setattr(gen, name, None)
+            setattr(gen, name, neutral)
     if getattr(gen, "pad_token_id", None) is None and loaded.tokenizer.pad_token_id is not None:
         gen.pad_token_id = loaded.tokenizer.pad_token_id
+
+
+def model_card(loaded: LoadedModel) -> Any:
+    """The model card MLflow logs, or None to let it fetch the hub's (hub models only).
+
+    MLflow looks a card (and a license) up on the hub by the model's name unless it is
+    given one; for an offline model or a local directory that lookup can only fail, with
+    a warning. Offline models carry their known license; a local directory its own
+    ``README.md`` card when it has one, else a card with license ``other`` (MLflow then
+    asks, rightly, to verify the license).
+    """
+    if loaded.source.is_hub:
+        return None
+    from huggingface_hub import ModelCard, ModelCardData
+
+    path = loaded.source.path
+    if loaded.source.kind == "local" and path is not None and (path / "README.md").is_file():
+        with contextlib.suppress(Exception):
+            card = ModelCard.load(path / "README.md")
+            if card.data.license:
+                return card
+    license_id = OFFLINE_LICENSES.get(loaded.source.name, "other")
+    data = ModelCardData(license=license_id, library_name="transformers")
+    return ModelCard.from_template(data, model_id=loaded.source.name)
+
+
+# What transformers 5.17 says about how MLflow 3.17.2 calls it while validating the input
+# example (``mlflow.transformers`` pyfunc ``_predict``): it passes the request's fields as
+# ``generate`` kwargs next to the pipeline's own ``generation_config`` and decodes with
+# ``clean_up_tokenization_spaces=True`` hard-coded. Not ptdeploy's call to fix: these
+# exact notices are dropped, only during ``log_model``; anything else (and every error)
+# still shows.
+_MLFLOW_PREDICT_NOTICES: dict[str, tuple[str, ...]] = {
+    "transformers.generation.utils": (
+        "Passing `generation_config` together with generation-related arguments",
+        "Both `max_new_tokens` (=",
+    ),
+    "transformers.generation.configuration_utils": (
+        "The following generation flags are not valid and may be ignored: ['temperature']",
+    ),
+    "transformers.tokenization_utils_tokenizers": (
+        "Ignoring clean_up_tokenization_spaces=True for BPE tokenizer",
+    ),
+}
+
+
+class _DropNotices(logging.Filter):
+    def __init__(self, prefixes: tuple[str, ...]) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR:
+            return True
+        return not record.getMessage().startswith(self.prefixes)
+
+
+@contextlib.contextmanager
+def _quiet_mlflow_predict_notices() -> Iterator[None]:
+    installed = []
+    for name, prefixes in _MLFLOW_PREDICT_NOTICES.items():
+        logger, flt = logging.getLogger(name), _DropNotices(prefixes)
+        logger.addFilter(flt)
+        installed.append((logger, flt))
+    try:
+        yield
+    finally:
+        for logger, flt in installed:
+            logger.removeFilter(flt)
 
 
 def build_metadata(
@@ -158,7 +236,8 @@ def log_model(
     meta = build_metadata(loaded, task, model_type, metadata)
     _make_deterministic(loaded)
     components = {"model": loaded.model, "tokenizer": loaded.tokenizer}
-    with mlflow.start_run(run_name=run_name) as run:
+    card = model_card(loaded)
+    with mlflow.start_run(run_name=run_name) as run, _quiet_mlflow_predict_notices():
         mlflow.set_tags({"ptdeploy.task": task, "ptdeploy.source": loaded.source.describe()})
         info = mlflow.transformers.log_model(
             transformers_model=components,
@@ -168,5 +247,6 @@ def log_model(
             metadata=meta,
             pip_requirements=pip_requirements(),
             save_pretrained=save_pretrained,
+            model_card=card,
         )
     return LoggedModel(run_id=run.info.run_id, model_uri=info.model_uri, task=task, metadata=meta)

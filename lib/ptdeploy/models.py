@@ -44,6 +44,15 @@ OFFLINE_MODELS: dict[str, str] = {
     TINY_LLAMA: "a tiny random LlamaForCausalLM for fast tests (deterministic)",
 }
 
+# Licenses of the offline models' weights, as their model cards declare them (SPDX ids, as
+# in a Hugging Face card's ``license:``): logged with the model, so MLflow never goes
+# looking for a card on the hub for a model that does not come from there.
+OFFLINE_LICENSES: dict[str, str] = {
+    SMOLLM2: "apache-2.0",  # HuggingFaceTB/SmolLM2-135M-Instruct
+    MINILM: "apache-2.0",  # sentence-transformers/all-MiniLM-L6-v2
+    TINY_LLAMA: "apache-2.0",  # random weights built by this project (Apache-2.0)
+}
+
 # Hugging Face repo ids: "name" or "org/name", letters, digits, '-', '_', '.', max 96.
 _HUB_ID = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9._-]{0,95}/)?[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 
@@ -220,9 +229,24 @@ def _load(
     torch_dtype = _torch_dtype(dtype)
     model_kwargs = {**common, "dtype": torch_dtype} if torch_dtype is not None else common
     model = cls.from_pretrained(ref, **model_kwargs).eval()
-    tokenizer = AutoTokenizer.from_pretrained(ref, **common)
+    tokenizer = no_bpe_cleanup(AutoTokenizer.from_pretrained(ref, **common))
     pooling = read_pooling_config(src.path) if src.path is not None else _hub_pooling(src)
     return LoadedModel(model, tokenizer, src, kind, pooling=pooling)
+
+
+def no_bpe_cleanup(tokenizer: Any) -> Any:
+    """``clean_up_tokenization_spaces=False`` on a byte-level BPE tokenizer.
+
+    The clean-up (strip the space before punctuation) is meant for WordPiece; on BPE it
+    would corrupt text, so transformers ignores it and warns on every first decode. Many
+    BPE checkpoints (SmolLM2's GGUF among them) still carry ``True``: set what actually
+    happens, and the logged tokenizer config says so too. WordPiece tokenizers (BERT,
+    MiniLM) keep theirs.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and type(backend.model).__name__ == "BPE":
+        tokenizer.clean_up_tokenization_spaces = False
+    return tokenizer
 
 
 def _hub_pooling(src: ModelSource) -> dict[str, Any] | None:
@@ -409,7 +433,7 @@ def build_tiny_tokenizer() -> Any:
     )
     fast.chat_template = CHATML_TEMPLATE
     fast.model_max_length = 512
-    return fast
+    return no_bpe_cleanup(fast)
 
 
 def build_tiny_llama(seed: int = 0) -> LoadedModel:

@@ -9,8 +9,10 @@ which, depending on where the notebook runs,
 
 - on Databricks: creates ``dbutils.widgets`` (text or dropdown, with labels) seeded with
   the cell's defaults and reads them back; job ``base_parameters`` arrive there;
-- in local Jupyter: shows ipywidgets seeded the same way; editing a widget and running
-  the cell again picks the new value (as on Databricks);
+- in local Jupyter: shows an ipywidgets form (``ptdeploy.widget_form``) seeded the same
+  way (or from a parameters file under ``ptdeploy lab --parameters``); each edit is
+  checked at once, its error shown next to the widget, and a valid edit is what the
+  following cells read;
 - headless under papermill: takes the injected values;
 
 and converts every value from its string form (widgets only deliver strings) to its
@@ -183,25 +185,40 @@ class Params(Mapping[str, Any]):
     def __init__(self, spec: ParameterSpec, values: dict[str, Any], surface: str) -> None:
         self._spec = spec
         self._values = dict(values)
+        self._error: str | None = None
         self.surface = surface  # "databricks-widgets" | "ipywidgets" | "papermill" | "python"
 
+    def _update(self, values: dict[str, Any] | None, error: str | None) -> None:
+        """Called by the ipywidgets form on every edit: new values, or why they are refused."""
+        if values is not None:
+            self._values = dict(values)
+        self._error = error
+
+    def _checked(self) -> dict[str, Any]:
+        error = self.__dict__.get("_error")
+        if error:
+            raise ParameterError(f"{error}\nFix the value in the parameters form above.")
+        return self.__dict__.get("_values", {})
+
     def __getattr__(self, name: str) -> Any:
-        values = self.__dict__.get("_values", {})
+        if name.startswith("_"):
+            raise AttributeError(name)
+        values = self._checked()
         if name in values:
             return values[name]
         raise AttributeError(f"no parameter {name!r}; declared: {', '.join(values)}")
 
     def __getitem__(self, name: str) -> Any:
-        return self._values[name]
+        return self._checked()[name]
 
     def __iter__(self):
-        return iter(self._values)
+        return iter(self._checked())
 
     def __len__(self) -> int:
-        return len(self._values)
+        return len(self._checked())
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(self._values)
+        return dict(self._checked())
 
     def __repr__(self) -> str:
         inner = ", ".join(f"{k}={v!r}" for k, v in self._values.items())
@@ -336,46 +353,56 @@ def injected_parameter_names(namespace: Mapping[str, Any]) -> set[str]:
     return names
 
 
-_IPYWIDGETS: dict[tuple[str, str], tuple[Any, str]] = {}
+# Forms shown in this kernel, by notebook: re-running the parameters call shows the same
+# form again, keeping the user's edits (as Databricks widgets do).
+_FORMS: dict[str, Any] = {}
 
 
-def _ipywidgets_surface(spec: ParameterSpec, seeds: dict[str, str]) -> dict[str, str] | None:
-    """Show ipywidgets seeded from the cell; return their (string) values.
-
-    A widget keeps the user's edit across re-runs of the cell; if the parameters cell
-    itself changed since the widget was seeded, the new cell value wins.
+def _ipywidgets_surface(spec: ParameterSpec, seeds: dict[str, str]) -> Any:
+    """Show the notebook's parameters form (``ptdeploy.widget_form``) or None outside
+    a Jupyter kernel. A widget keeps the user's edit across re-runs of the cell; if the
+    seed itself changed since (the parameters cell was edited), the new value wins.
     """
     shell = _ipython()
     if shell is None or type(shell).__name__ != "ZMQInteractiveShell":
         return None
     try:
-        import ipywidgets as widgets
         from IPython.display import display
+
+        from ptdeploy.widget_form import ParameterForm
     except ImportError:
         return None
-    rows = []
-    values: dict[str, str] = {}
-    for p in spec.params:
-        key = (spec.notebook, p.name)
-        seed = seeds[p.name]
-        existing = _IPYWIDGETS.get(key)
-        if existing is None or existing[1] != seed:
-            desc = p.label or p.name
-            if p.kind == "choice":
-                options = list(p.choices) if seed in p.choices else [seed, *p.choices]
-                w = widgets.Dropdown(options=options, value=seed, description=desc)
-            elif p.kind == "bool":
-                w = widgets.Dropdown(options=["true", "false"], value=seed, description=desc)
-            else:
-                w = widgets.Text(value=seed, description=desc, placeholder=p.valid_text())
-            w.style.description_width = "initial"
-            w.layout.width = "70%"
-            _IPYWIDGETS[key] = (w, seed)
-        widget = _IPYWIDGETS[key][0]
-        rows.append(widget)
-        values[p.name] = str(widget.value)
-    display(widgets.VBox(rows))
-    return values
+    form = _FORMS.get(spec.notebook)
+    if form is None or form.spec is not spec:
+        form = _FORMS[spec.notebook] = ParameterForm(spec, seeds)
+    else:
+        form.reseed(seeds)
+    form.refresh()
+    display(form.widget)
+    return form
+
+
+def lab_seeds(spec: ParameterSpec, typed: dict[str, Any]) -> dict[str, Any]:
+    """``typed`` (the parameters cell), overlaid with what ``ptdeploy lab --parameters
+    TARGET -p NAME VALUE`` asked for: ``parameters/<notebook>/TARGET.yaml``, then the
+    overrides this notebook declares. Checked by the spec like any other surface.
+    """
+    import json
+
+    target = os.environ.get("PTDEPLOY_LAB_PARAMETERS")
+    overrides_json = os.environ.get("PTDEPLOY_LAB_OVERRIDES")
+    if not target and not overrides_json:
+        return typed
+    from ptdeploy.runner import load_parameters_file, parameters_dir
+
+    values: dict[str, Any] = {}
+    if target:
+        path = parameters_dir() / spec.notebook / f"{target}.yaml"
+        if path.is_file():
+            values.update(load_parameters_file(path))
+    overrides = json.loads(overrides_json) if overrides_json else {}
+    values.update({k: v for k, v in overrides.items() if k in spec.names})
+    return {**typed, **spec.validate({**typed, **values})}
 
 
 def _databricks_surface(
@@ -431,8 +458,13 @@ def resolve(spec: ParameterSpec, namespace: Mapping[str, Any] | None = None) -> 
             raise spec.unknown(extra)
         return Params(spec, spec.validate(values), "databricks-widgets")
     if not injected and os.environ.get("PTDEPLOY_HEADLESS") != "1":
-        values_ipw = _ipywidgets_surface(spec, seeds)
-        if values_ipw is not None:
-            return Params(spec, spec.validate(values_ipw), "ipywidgets")
+        seeded = lab_seeds(spec, typed)
+        form = _ipywidgets_surface(
+            spec, {p.name: p.widget_text(seeded[p.name]) for p in spec.params}
+        )
+        if form is not None:
+            params = Params(spec, spec.validate(form.values()), "ipywidgets")
+            form.bind(params)  # later edits update ``params`` (or make it refuse to be read)
+            return params
     surface = "papermill" if injected or os.environ.get("PTDEPLOY_HEADLESS") == "1" else "python"
     return Params(spec, typed, surface)
