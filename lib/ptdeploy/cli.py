@@ -18,6 +18,11 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "run-all": ("ptdeploy.runner", "run every notebook template for a target"),
     "loadtest": ("ptdeploy.loadtest", "load-test a serving endpoint at a ladder of concurrencies"),
     "bundle": ("ptdeploy.bundle", "write (or --check) the Databricks job bundle from parameters/"),
+    "job": ("ptdeploy.job", "rehearse a bundle job offline: ptdeploy job run <template>"),
+    "secrets": (
+        "ptdeploy.dbutils",
+        "local secrets for offline runs: ptdeploy secrets put SCOPE KEY",
+    ),
 }
 
 

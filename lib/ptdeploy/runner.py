@@ -86,8 +86,14 @@ def run_notebook(
     progress: bool = True,
     log_output: bool = False,
     start_timeout: int = 120,
+    env: dict[str, str] | None = None,
+    output_name: str | None = None,
 ) -> RunResult:
-    """Execute ``notebook`` with papermill; never raises for a failing notebook."""
+    """Execute ``notebook`` with papermill; never raises for a failing notebook.
+
+    ``env`` is added to the kernel's environment (the kernel inherits this process's)
+    for the run only; ``output_name`` names the executed notebook in ``out_dir``.
+    """
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
@@ -98,9 +104,10 @@ def run_notebook(
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     suffix = params.get("target", "run")
-    output = out_dir / f"{notebook.stem}-{suffix}.ipynb"
-    previous = os.environ.get("PTDEPLOY_HEADLESS")
-    os.environ["PTDEPLOY_HEADLESS"] = "1"  # no ipywidgets in headless kernels
+    output = out_dir / (output_name or f"{notebook.stem}-{suffix}.ipynb")
+    added = {"PTDEPLOY_HEADLESS": "1", **(env or {})}  # no ipywidgets in headless kernels
+    saved = {name: os.environ.get(name) for name in added}
+    os.environ.update(added)
     started = time.perf_counter()
     result = RunResult(notebook.stem, output, True, 0.0, parameters=params)
     try:
@@ -121,10 +128,11 @@ def run_notebook(
         result.failed_source = _first_code_line(exc.source)
         result.error = f"{exc.ename}: {exc.evalue}"
     finally:
-        if previous is None:
-            os.environ.pop("PTDEPLOY_HEADLESS", None)
-        else:
-            os.environ["PTDEPLOY_HEADLESS"] = previous
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
         result.seconds = time.perf_counter() - started
     if output.is_file():
         import nbformat
