@@ -395,6 +395,11 @@ def check_job_file(path: Path, root: Path | None = None) -> None:
     if not jobs:
         raise PtdeployError(f"{path}: no resources.jobs in this file")
     for job_key, job in jobs.items():
+        if "steps" in job_parameters(job):
+            raise ParameterError(
+                f"{path} job {job_key!r}: 'steps' is a job parameter, so it would override "
+                "every task's own step (job parameters take precedence): set it per task."
+            )
         for task in job.get("tasks") or []:
             nb_task = task.get("notebook_task")
             if not nb_task:
@@ -412,11 +417,6 @@ def check_job_file(path: Path, root: Path | None = None) -> None:
                     f"{where}: base_parameters.steps={params.get('steps')!r} must name the "
                     f"task ({task.get('task_key')!r}): each task runs its own step."
                 )
-        if "steps" in job_parameters(job):
-            raise ParameterError(
-                f"{path} job {job_key!r}: 'steps' is a job parameter, so it would override "
-                "every task's own step (job parameters take precedence): set it per task."
-            )
 
 
 # ------------------------------------------------------------------ command line
