@@ -422,6 +422,31 @@ class Library:
 # ------------------------------------------------------------------ dbutils
 
 
+class _NoContext:
+    def __getattr__(self, name: str) -> Any:
+        raise RuntimeError(f"offline dbutils: no Databricks notebook context ({name}; no JVM)")
+
+
+class _NoJvm:
+    """Stands for the runtime's Py4J entry point (``dbutils.entry_point``), which MLflow
+    reaches for at import when ``DATABRICKS_RUNTIME_VERSION`` is set. Offline there is no
+    JVM: ``getDbutils().notebook()`` exists, anything asked of it raises."""
+
+    def getDbutils(self) -> Any:  # noqa: N802
+        return self
+
+    def notebook(self) -> _NoContext:
+        return _NoContext()
+
+    def getLogger(self) -> Any:  # noqa: N802
+        raise RuntimeError("offline dbutils: no Databricks logger (no JVM)")
+
+
+@dataclass
+class Notebook:
+    entry_point: Any
+
+
 class OfflineDbutils:
     """What a notebook finds as ``dbutils`` on Databricks, for offline runs."""
 
@@ -438,6 +463,8 @@ class OfflineDbutils:
         self.jobs = Jobs(TaskValues(self.context))
         self.secrets = Secrets(secrets_path)
         self.library = Library(namespace)
+        self.entry_point = _NoJvm()
+        self.notebook = Notebook(self.entry_point)
 
     @classmethod
     def from_env(cls, namespace: dict[str, Any] | None = None) -> OfflineDbutils:
