@@ -104,3 +104,16 @@ def test_library_task_value_helpers_follow_the_job_context(tmp_path, monkeypatch
     context = tmp_path / "ctx.json"
     register.context.write(context)
     assert json.loads(context.read_text())["task_key"] == "register"
+
+
+def test_secrets_cli_reads_the_value_from_stdin_never_an_argument(tmp_path, monkeypatch, capsys):
+    from ptdeploy import cli
+
+    path = tmp_path / "s.json"
+    monkeypatch.setenv(offline.SECRETS_ENV, str(path))
+    monkeypatch.setattr(sys, "stdin", io.StringIO("hf_secret_value\n"))
+    assert cli.main(["secrets", "put", "ptdeploy", "hf_token"]) == 0
+    assert offline.Secrets(path).get("ptdeploy", "hf_token") == "hf_secret_value"
+    assert cli.main(["secrets", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "ptdeploy: hf_token" in out and "hf_secret_value" not in out
