@@ -3,14 +3,20 @@
 One source of truth: each job's parameters come from ``parameters/<notebook>/databricks.yaml``,
 checked against the parameters the notebook declares (its ``parameters`` cell, read with
 papermill's ``inspect_notebook``) and validated by the notebook's spec, *before* anything
-is written. ``ptdeploy bundle`` writes ``databricks.yml`` and ``resources/<notebook>.job.yml``;
+is written. ``ptdeploy bundle`` writes ``databricks.yml``, ``resources/<notebook>.job.yml``
+and ``requirements-databricks.txt`` (what the notebooks' bootstrap cell installs);
 ``ptdeploy bundle --check`` (and a test) fails when the committed files are out of date,
-and ``check_job_file`` refuses a job whose ``base_parameters`` the notebook does not
-declare — the notebook would refuse it too, but only after a cluster started.
+and ``check_job_file`` refuses a job whose parameters the notebook does not declare — the
+notebook would refuse them too, but only after a cluster started.
 
-Each deployment template runs as three tasks, ``register`` → ``deploy`` → ``smoke_test``
-(``notebook_task`` with ``base_parameters.steps`` set to the task); a notebook without a
-``steps`` parameter (the load test) is one task. All on one job cluster:
+The notebook's parameters are job-level ``parameters``, declared once (Databricks pushes
+them down to every notebook task). Each deployment template runs as three tasks,
+``register`` → ``deploy`` → ``smoke_test``, whose only task parameter is
+``base_parameters.steps``; a notebook without a ``steps`` parameter (the load test) is one
+task. Targets ``dev`` (development mode) and ``prod`` (production mode, ``run_as`` a
+service principal, permissions for a group, both bundle variables). The Hugging Face token
+reaches the cluster as ``HF_TOKEN`` from a secret (``spark_env_vars``). All on one job
+cluster:
 
 - **Compute: a single-node job cluster on Databricks Runtime for Machine Learning**, not
   serverless. The register task loads the model with torch and transformers (preinstalled
