@@ -26,7 +26,7 @@ def tmp_repo(tmp_path):
     """The files the bundle is generated from, copied: tests edit them freely."""
     for name in ("notebooks", "parameters", "resources"):
         shutil.copytree(REPO / name, tmp_path / name)
-    for name in ("requirements.txt", "databricks.yml"):
+    for name in ("requirements.txt", "databricks.yml", "requirements-databricks.txt"):
         shutil.copy(REPO / name, tmp_path / name)
     return tmp_path
 
@@ -52,9 +52,10 @@ def test_the_deployment_templates_are_chained():
 
 @pytest.mark.parametrize("notebook", SINGLE)
 def test_a_notebook_without_steps_is_one_task(notebook):
-    (task,) = _job(REPO, notebook)["tasks"]
+    job = _job(REPO, notebook)
+    (task,) = job["tasks"]
     assert task["task_key"] == bundle.SINGLE_TASK
-    params = task["notebook_task"]["base_parameters"]
+    params = bundle.task_parameters(job, task)
     assert "steps" not in params
     assert list(params) == list(inspect_notebook(str(REPO / "notebooks" / f"{notebook}.ipynb")))
 
@@ -72,8 +73,9 @@ def test_job_runs_the_notebook_as_three_chained_tasks(notebook):
     for task in tasks:
         nb_task = task["notebook_task"]
         assert nb_task["notebook_path"] == f"../notebooks/{notebook}.ipynb"
-        params = nb_task["base_parameters"]
-        assert list(params) == declared, "every declared parameter, in the notebook's order"
+        assert nb_task["base_parameters"] == {"steps": task["task_key"]}, "a task sets its step"
+        params = bundle.task_parameters(job, task)
+        assert set(params) == set(declared), "every declared parameter"
         assert params["steps"] == task["task_key"]
         assert all(isinstance(v, str) for v in params.values()), "widgets take strings"
         for key, value in expected.items():

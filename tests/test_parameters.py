@@ -101,6 +101,7 @@ def _namespace(**overrides):
         "wait_timeout_minutes": 5,
         "prompt": "hi",
         "max_tokens": 4,
+        "expect": "",
         "teardown": False,
         "target": "local",
         "steps": "all",

@@ -20,6 +20,11 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "bundle": ("ptdeploy.bundle", "write (or --check) the Databricks job bundle from parameters/"),
     "plan": ("ptdeploy.cli", "size min/max provisioned throughput for a workload, with its cost"),
     "cleanup": ("ptdeploy.cli", "list (and --delete) the serving endpoints ptdeploy created"),
+    "job": ("ptdeploy.job", "rehearse a bundle job offline: ptdeploy job run <template>"),
+    "secrets": (
+        "ptdeploy.dbutils",
+        "local secrets for offline runs: ptdeploy secrets put SCOPE KEY",
+    ),
 }
 
 

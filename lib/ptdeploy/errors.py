@@ -87,3 +87,23 @@ class WorkspaceApiError(WorkspaceError):
 
 class LabError(PtdeployError):
     """JupyterLab (``ptdeploy lab``) cannot be started or stopped."""
+
+
+class TaskValueError(PtdeployError, LookupError):
+    """A job task needs a task value an upstream task did not set (tasks run out of order)."""
+
+
+class JobDefinitionError(PtdeployError, ValueError):
+    """A job definition (resources/*.job.yml, databricks.yml) is invalid or cannot be run."""
+
+
+class SecretNotFoundError(PtdeployError, LookupError):
+    """A secret the run needs (a Hugging Face token) is not set: the message names it."""
+
+
+class AuthError(PtdeployError):
+    """The workspace cannot be reached or refused the credentials (profile, token, host)."""
+
+
+class PromotionError(PtdeployError):
+    """A new version failed its deploy or smoke test: traffic stays on the champion."""

@@ -7,13 +7,20 @@ run log) reads as a report.
 
 Job tasks: a Databricks job runs the same notebook as three tasks — ``register``,
 ``deploy``, ``smoke_test`` — selected by the ``steps`` parameter. The registered version
-goes from the register task to the next ones through ``dbutils.jobs.taskValues``; off
-Databricks (or when a task runs alone) the ``debugValue`` is used: the version the alias
+goes from the register task to the next ones through ``dbutils.jobs.taskValues``; outside
+a job (a task run alone) the ``debugValue`` is used: the version the ``challenger`` alias
 points to.
+
+Promotion: registration moves the ``challenger`` alias only. The champion alias (the
+``alias`` parameter) moves in ``promotion`` once the endpoint is READY on that version
+and the smoke test passed. A failed deploy or smoke test puts the endpoint back on the
+version it served before (the champion) and says so.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,7 +40,13 @@ from ptdeploy import (
     targets,
     throughput,
 )
-from ptdeploy.errors import EndpointNotFoundError, ParameterError, ThroughputError
+from ptdeploy.errors import (
+    EndpointNotFoundError,
+    ParameterError,
+    PromotionError,
+    PtdeployError,
+    ThroughputError,
+)
 from ptdeploy.notebook import emit_summary, get_task_value, set_task_values
 from ptdeploy.parameters import ParameterSpec, Params
 
@@ -43,6 +56,7 @@ if TYPE_CHECKING:
 
 # Task keys of the job definitions (resources/*.yml) and the values handed between them.
 REGISTER_TASK = "register"
+DEPLOY_TASK = "deploy"
 STEPS = ("all", "register", "deploy", "smoke_test")
 
 
@@ -68,8 +82,51 @@ def registered_name(p: Params) -> str:
     return names.check_registered_model_name(name, p.target)
 
 
+# Hugging Face organisations whose models are gated (accept the license, then a token):
+# without HF_TOKEN the download fails with a 401 deep inside transformers.
+GATED_HUB_ORGS = ("meta-llama", "google/gemma", "mistralai/Mistral-Large")
+
+
+def require_hub_token(p: Params, namespace: dict[str, Any] | None = None) -> None:
+    """A gated hub model needs a token: ``HF_TOKEN`` (the job cluster sets it from a secret
+    through ``spark_env_vars``), else the secret read with ``dbutils.secrets`` on
+    Databricks. Missing: fail now, naming the secret to create."""
+    import os
+
+    from ptdeploy import bundle
+    from ptdeploy.errors import SecretNotFoundError
+    from ptdeploy.parameters import databricks_dbutils
+
+    source = models.resolve_source(p.model_source, p.get("model_revision"))
+    if not source.is_hub or not p.model_source.startswith(GATED_HUB_ORGS):
+        return
+    if os.environ.get(bundle.HF_TOKEN_ENV):
+        return
+    scope, _, key = os.environ.get(bundle.HF_SECRET_ENV, "").partition("/")
+    scope, key = scope or bundle.HF_SECRET_SCOPE, key or bundle.HF_SECRET_KEY
+    dbutils = databricks_dbutils(namespace)
+    if dbutils is not None:
+        try:
+            token = dbutils.secrets.get(scope=scope, key=key)
+        except Exception:
+            token = None
+        if token:
+            os.environ[bundle.HF_TOKEN_ENV] = str.__str__(token)  # huggingface_hub reads it
+            return
+    raise SecretNotFoundError(
+        f"model_source={p.model_source!r} is a gated Hugging Face model and no token is set "
+        f"(HF_TOKEN is empty and secret {scope}/{key} was not found). Accept the model's "
+        "license on huggingface.co, then store a read token as a Databricks secret: "
+        f"`databricks secrets create-scope {scope}` and `databricks secrets put-secret {scope} "
+        f"{key}` (the job passes it as HF_TOKEN; other scope/key: --var hf_secret_scope=... "
+        "--var hf_secret_key=...). Offline: `ptdeploy secrets put "
+        f"{scope} {key}`, or export HF_TOKEN."
+    )
+
+
 def load(p: Params, **kwargs: Any) -> models.LoadedModel:
     """Load model and tokenizer from ``p.model_source`` (and ``p.model_revision``)."""
+    require_hub_token(p)
     loaded = models.load_model(
         p.model_source,
         revision=p.get("model_revision"),
@@ -95,28 +152,33 @@ def log_and_register(
     logged = model_logging.log_model(
         loaded, task=task, model_type=model_type, save_pretrained=p.save_pretrained
     )
-    registered = registry.register(logged.model_uri, registered_name(p), alias=p.alias)
+    registered = registry.register(
+        logged.model_uri, registered_name(p), alias=registry.CHALLENGER_ALIAS
+    )
     print(
         f"logged run {logged.run_id} ({task}); registered {registered.name} "
-        f"version {registered.version}, alias {registered.alias!r} -> {registered.version}"
+        f"version {registered.version}, alias {registered.alias!r} -> {registered.version} "
+        f"({p.alias!r} moves once the endpoint serves it and its smoke test passed)"
     )
     set_task_values({"model_name": registered.name, "model_version": registered.version})
     return registered
 
 
 def registered_version(p: Params) -> registry.RegisteredVersion:
-    """The version registered by the job's register task (or the alias's, off a job)."""
+    """The version registered by the job's register task (the challenger's, off a job)."""
     name = registered_name(p)
-    debug = registry.alias_version(name, p.alias) or ""
+    debug = registry.alias_version(name, registry.CHALLENGER_ALIAS)
     version = str(get_task_value(REGISTER_TASK, "model_version", debug) or "")
     if not version:
         raise ParameterError(
             f"no registered version of {name!r} to deploy: run the 'register' step first "
-            f"(alias {p.alias!r} points nowhere)."
+            f"(alias {registry.CHALLENGER_ALIAS!r} points nowhere)."
         )
     registry.check_version_exists(name, version)
     print(f"using {name} version {version}")
-    return registry.RegisteredVersion(name, version, p.alias, f"models:/{name}/{version}", "")
+    return registry.RegisteredVersion(
+        name, version, registry.CHALLENGER_ALIAS, f"models:/{name}/{version}", ""
+    )
 
 
 def client(p: Params) -> WorkspaceClient:
@@ -148,14 +210,97 @@ def deploy(
     registered: registry.RegisteredVersion,
     **spec_kwargs: Any,
 ) -> Deployment:
-    """Optimization info, throughput from chunks, create or update, wait until ready."""
+    """Optimization info, throughput from chunks, create or update, wait until ready.
+
+    The versions the endpoint served before are handed to the smoke test (task value
+    ``previous_versions``); if the update fails, the endpoint goes back to them.
+    """
     info = optimization.optimizable_info(w, registered.name, registered.version)
     print(info.describe())
     plan = throughput.plan_from_info(info, p.min_chunks, p.max_chunks, p.scale_to_zero)
     print(plan.describe())
-    endpoint = serve(p, w, registered.name, registered.version, plan, **spec_kwargs)
+    previous = [v for v in served_versions(w, p.endpoint_name) if v != registered.version]
+    set_task_values({"previous_versions": previous})
+    try:
+        endpoint = serve(p, w, registered.name, registered.version, plan, **spec_kwargs)
+    except PtdeployError as exc:
+        raise PromotionError(
+            f"version {registered.version} of {registered.name} failed to deploy: {exc}\n"
+            + rollback(p, w, registered, previous)
+        ) from exc
     print(f"endpoint {endpoint.name}: {endpoints.describe_state(endpoint)}")
     return Deployment(endpoint, info, plan)
+
+
+def previous_versions(p: Params, w: WorkspaceClient, registered: Any) -> list[str]:
+    """What the endpoint served before this version: from the deploy task, or (outside a
+    job) the version the champion alias points to."""
+    alias = p.get("alias")
+    champion = registry.alias_version(registered.name, alias) if alias else None
+    debug = [champion] if champion and champion != registered.version else []
+    value = get_task_value(DEPLOY_TASK, "previous_versions", debug)
+    return [str(v) for v in value or []]
+
+
+def rollback(p: Params, w: WorkspaceClient, registered: Any, previous: list[str]) -> str:
+    """Put the endpoint back on the version it served before; say what was done."""
+    if not previous:
+        return (
+            f"No previous version to roll back to: endpoint {p.endpoint_name} is left as it is "
+            f"({_state_or_absent(w, p.endpoint_name)}); fix the version and run again."
+        )
+    version = previous[-1]
+    if served_versions(w, p.endpoint_name) == [version]:
+        return f"Endpoint {p.endpoint_name} still serves the previous version {version}."
+    info = optimization.optimizable_info(w, registered.name, version)
+    plan = throughput.plan_from_info(info, p.min_chunks, p.max_chunks, p.scale_to_zero)
+    try:
+        serve(p, w, registered.name, version, plan)
+    except PtdeployError as exc:
+        return f"Rolling endpoint {p.endpoint_name} back to version {version} failed too: {exc}"
+    return f"Endpoint {p.endpoint_name} rolled back to the previous version {version}."
+
+
+def _state_or_absent(w: WorkspaceClient, name: str) -> str:
+    try:
+        return endpoints.describe_state(endpoints.get_endpoint(w, name))
+    except Exception:
+        return "absent"
+
+
+@contextlib.contextmanager
+def promotion(p: Params, w: WorkspaceClient, registered: Any) -> Iterator[None]:
+    """Around the smoke test: on success, move the champion alias to this version (the
+    endpoint must be READY on it); on failure, roll the endpoint back and raise."""
+    try:
+        yield
+        ep = endpoints.get_endpoint(w, p.endpoint_name)
+        if registered.version not in _entity_versions(ep) or not endpoints._is_ready(ep):
+            raise PromotionError(
+                f"endpoint {p.endpoint_name} is not READY on version {registered.version} "
+                f"({endpoints.describe_state(ep)}, serving {_entity_versions(ep)})"
+            )
+    except Exception as exc:
+        previous = previous_versions(p, w, registered)
+        raise PromotionError(
+            f"smoke test of {registered.name} version {registered.version} on endpoint "
+            f"{p.endpoint_name} failed: {exc}\n"
+            + rollback(p, w, registered, previous)
+            + f" The {p.get('alias') or 'champion'!r} alias was not moved."
+        ) from exc
+    alias = p.get("alias")
+    if alias:
+        registry.set_alias(registered.name, alias, registered.version)
+        print(f"promoted: {registered.name} alias {alias!r} -> {registered.version}")
+
+
+def expect_text(p: Params, text: str | None) -> None:
+    """The smoke test's expectation: the answer contains ``p.expect`` (when set)."""
+    expected = p.get("expect")
+    if not text or not text.strip():
+        raise PromotionError("the endpoint answered with an empty text")
+    if expected and expected.lower() not in text.lower():
+        raise PromotionError(f"the answer {text!r} does not contain the expected {expected!r}")
 
 
 def serve(

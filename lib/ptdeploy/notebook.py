@@ -37,15 +37,29 @@ def set_task_values(values: dict[str, Any], namespace: dict[str, Any] | None = N
 def get_task_value(
     task_key: str, key: str, debug_value: Any, namespace: dict[str, Any] | None = None
 ) -> Any:
-    """A value set by an earlier task of the job; ``debug_value`` off Databricks.
+    """A value set by an earlier task of the job; ``debug_value`` outside a job.
 
-    ``dbutils.jobs.taskValues.get`` itself returns ``debugValue`` when the notebook runs
-    outside a job; off Databricks there is no dbutils at all, so the same default applies.
+    Databricks' ``taskValues.get`` raises ``TypeError`` outside a job when ``debugValue``
+    is None (https://docs.databricks.com/dev-tools/databricks-utils.html), so None is
+    passed as ``""`` and read back as None. Inside a job a value the upstream task never
+    set is an error that says which task must run first. Off Databricks (no dbutils) the
+    ``debug_value`` applies, as outside a job.
     """
+    from ptdeploy.errors import TaskValueError
+
     dbutils = databricks_dbutils(namespace)
     if dbutils is None:
         return debug_value
-    return dbutils.jobs.taskValues.get(taskKey=task_key, key=key, debugValue=debug_value)
+    debug = "" if debug_value is None else debug_value
+    try:
+        value = dbutils.jobs.taskValues.get(taskKey=task_key, key=key, debugValue=debug)
+    except ValueError as exc:
+        raise TaskValueError(
+            f"this job task needs task value {key!r} from task {task_key!r}, which did not set "
+            f"it ({exc}). Make this task depend on {task_key!r} (depends_on) and run the job "
+            f"from the start, or run {task_key!r} first."
+        ) from exc
+    return None if value == "" and debug_value is None else value
 
 
 def read_summary(notebook: Any) -> dict[str, Any] | None:

@@ -317,15 +317,16 @@ def databricks_dbutils(namespace: Mapping[str, Any] | None = None) -> Any:
     """``dbutils`` as Databricks injects it into notebooks, or None off Databricks.
 
     Never ``from databricks.sdk.runtime import dbutils``: off a cluster that blocks for
-    minutes or fails without credentials.
+    minutes or fails without credentials. Offline, the job rehearsal's faithful
+    ``ptdeploy.dbutils.OfflineDbutils`` counts as Databricks' own.
     """
-    if "DATABRICKS_RUNTIME_VERSION" not in os.environ:
-        return None
     dbutils = (namespace or {}).get("dbutils")
     if dbutils is None:
         shell = _ipython()
         dbutils = getattr(shell, "user_ns", {}).get("dbutils") if shell else None
-    return dbutils
+    if "DATABRICKS_RUNTIME_VERSION" in os.environ or getattr(dbutils, "offline", False) is True:
+        return dbutils
+    return None
 
 
 def injected_parameter_names(namespace: Mapping[str, Any]) -> set[str]:

@@ -15,6 +15,9 @@ from ptdeploy.errors import RegistryError
 from ptdeploy.names import check_alias
 
 DEFAULT_ALIAS = "champion"
+# Registration moves this alias; the champion alias moves only once the endpoint serves
+# the version and its smoke test passed (ptdeploy.flow.promotion).
+CHALLENGER_ALIAS = "challenger"
 
 
 @dataclass(frozen=True)
@@ -142,3 +145,14 @@ def alias_version(name: str, alias: str) -> str | None:
         return str(_client().get_model_version_by_alias(name, alias).version)
     except Exception:
         return None
+
+
+def set_alias(name: str, alias: str, version: str) -> None:
+    """Point ``alias`` of ``name`` at ``version``."""
+    check_alias(alias)
+    try:
+        _client().set_registered_model_alias(name, alias, str(version))
+    except Exception as exc:
+        raise RegistryError(
+            f"could not point alias {alias!r} of {name!r} at {version}: {exc}"
+        ) from exc

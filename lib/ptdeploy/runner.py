@@ -86,8 +86,16 @@ def run_notebook(
     progress: bool = True,
     log_output: bool = False,
     start_timeout: int = 120,
+    env: dict[str, str] | None = None,
+    output_name: str | None = None,
+    profile: str | None = None,
+    experiment: str | None = None,
 ) -> RunResult:
-    """Execute ``notebook`` with papermill; never raises for a failing notebook."""
+    """Execute ``notebook`` with papermill; never raises for a failing notebook.
+
+    ``env`` is added to the kernel's environment (the kernel inherits this process's)
+    for the run only; ``output_name`` names the executed notebook in ``out_dir``.
+    """
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
@@ -95,12 +103,14 @@ def run_notebook(
     if not notebook.is_file():
         raise PtdeployError(f"notebook {notebook} does not exist")
     params = resolve_parameters(notebook, params_file, overrides)
+    env = {**workspace_env(str(params.get("target", "local")), profile, experiment), **(env or {})}
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     suffix = params.get("target", "run")
-    output = out_dir / f"{notebook.stem}-{suffix}.ipynb"
-    previous = os.environ.get("PTDEPLOY_HEADLESS")
-    os.environ["PTDEPLOY_HEADLESS"] = "1"  # no ipywidgets in headless kernels
+    output = out_dir / (output_name or f"{notebook.stem}-{suffix}.ipynb")
+    added = {"PTDEPLOY_HEADLESS": "1", **(env or {})}  # no ipywidgets in headless kernels
+    saved = {name: os.environ.get(name) for name in added}
+    os.environ.update(added)
     started = time.perf_counter()
     result = RunResult(notebook.stem, output, True, 0.0, parameters=params)
     try:
@@ -121,16 +131,40 @@ def run_notebook(
         result.failed_source = _first_code_line(exc.source)
         result.error = f"{exc.ename}: {exc.evalue}"
     finally:
-        if previous is None:
-            os.environ.pop("PTDEPLOY_HEADLESS", None)
-        else:
-            os.environ["PTDEPLOY_HEADLESS"] = previous
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
         result.seconds = time.perf_counter() - started
     if output.is_file():
         import nbformat
 
         result.summary = read_summary(nbformat.read(output, as_version=4))
     return result
+
+
+def workspace_env(
+    target: str, profile: str | None = None, experiment: str | None = None
+) -> dict[str, str]:
+    """Check a real workspace answers (in seconds, before any kernel starts) and return
+    what the notebook's kernel needs: the profile and the MLflow experiment (default
+    ``/Users/<me>/ptdeploy``). Nothing for the local target."""
+    from ptdeploy import targets
+
+    if target != targets.Target.DATABRICKS.value:
+        if profile:
+            raise PtdeployError(
+                f"--profile {profile!r} applies to target 'databricks', not {target!r}"
+            )
+        return {}
+    w = targets.databricks_client(profile)
+    user = targets.check_workspace(w)
+    env = {targets.EXPERIMENT_ENV: experiment or targets.default_experiment(user)}
+    if profile:
+        env[targets.PROFILE_ENV] = profile
+    print(f"workspace {w.config.host} as {user}; experiment {env[targets.EXPERIMENT_ENV]}")
+    return env
 
 
 def _first_code_line(source: str | None, limit: int = 80) -> str | None:
@@ -160,6 +194,8 @@ def run_all(
     progress: bool = False,
     notebooks: Path | None = None,
     parameters: Path | None = None,
+    profile: str | None = None,
+    experiment: str | None = None,
 ) -> list[RunResult]:
     """Every template with ``parameters/<notebook>/<target>.yaml``, in name order.
 
@@ -195,11 +231,12 @@ def run_all(
         plan.append((nb, params_file, ov))
     if errors:
         raise PtdeployError("\n".join(errors))
+    env = workspace_env(target, profile, experiment)  # once, before the first kernel
     results = []
     for nb, params_file, ov in plan:
         print(f"[run-all] {nb.stem} ...", flush=True)
         result = run_notebook(
-            nb, params_file, ov, out_dir=Path(out_dir) / target, progress=progress
+            nb, params_file, ov, out_dir=Path(out_dir) / target, progress=progress, env=env
         )
         print(
             f"[run-all] {nb.stem}: {'ok' if result.ok else 'FAILED'} in {result.seconds:.1f}s",
@@ -238,6 +275,17 @@ def configure_run_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="out", help="folder for executed notebooks (out)")
     parser.add_argument("--kernel", default="python3", help="Jupyter kernel name (python3)")
     parser.add_argument("--log-output", action="store_true", help="stream cell output")
+    _workspace_options(parser)
+
+
+def _workspace_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--profile", help="~/.databrickscfg profile for target databricks (the SDK's unified auth)"
+    )
+    parser.add_argument(
+        "--experiment",
+        help="MLflow experiment on the workspace (default: /Users/<you>/ptdeploy)",
+    )
 
 
 def run_run(args: argparse.Namespace) -> int:
@@ -249,6 +297,8 @@ def run_run(args: argparse.Namespace) -> int:
             out_dir=args.out,
             kernel_name=args.kernel,
             log_output=args.log_output,
+            profile=args.profile,
+            experiment=args.experiment,
         )
     except PtdeployError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -282,6 +332,7 @@ def configure_run_all_parser(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help="folder of <notebook>/<target>.yaml files (default: the project's parameters/)",
     )
+    _workspace_options(parser)
 
 
 def run_run_all(args: argparse.Namespace) -> int:
@@ -293,6 +344,8 @@ def run_run_all(args: argparse.Namespace) -> int:
             only=args.only,
             notebooks=args.notebooks,
             parameters=args.parameters_dir,
+            profile=args.profile,
+            experiment=args.experiment,
         )
     except PtdeployError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -91,6 +91,13 @@ LLAMA_COMPLETIONS = ParameterSpec(
         *COMMON_SERVING,
         Param("prompt", "str", "Smoke-test prompt"),
         Param("max_tokens", "int", "Smoke-test max_tokens", minimum=1, maximum=8192),
+        Param(
+            "expect",
+            "str",
+            "Smoke test: text the completion must contain (empty: any answer)",
+            "text, or empty",
+            optional=True,
+        ),
     ),
     cross_checks=(_chunks_in_order,),
 )

@@ -19,6 +19,15 @@ if TYPE_CHECKING:
     from databricks.sdk import WorkspaceClient
 
 DEFAULT_LOCAL_EXPERIMENT = "/Shared/ptdeploy"
+# On a workspace, runs from a laptop go to an experiment under the user's own folder
+# (``/Users/<user name>/<name>``), named after ``current_user.me()``.
+DEFAULT_WORKSPACE_EXPERIMENT = "ptdeploy"
+# What ``ptdeploy run --profile/--experiment`` hands to the notebook's kernel.
+PROFILE_ENV = "DATABRICKS_CONFIG_PROFILE"  # the SDK's own variable
+EXPERIMENT_ENV = "PTDEPLOY_EXPERIMENT"
+# Bounds for a client on a workspace: the SDK otherwise retries a dead host ~300 s.
+HTTP_TIMEOUT_SECONDS = 20
+RETRY_TIMEOUT_SECONDS = 30
 
 
 class Target(enum.StrEnum):
@@ -48,11 +57,16 @@ def _local_experiment(name: str) -> str:
     return name
 
 
-def configure_mlflow(target: Target | str, experiment: str | None = None) -> str | None:
+def configure_mlflow(
+    target: Target | str, experiment: str | None = None, profile: str | None = None
+) -> str | None:
     """Point MLflow at the target's tracking server and registry; return the experiment.
 
     On ``local`` an experiment is always set (default ``/Shared/ptdeploy``). On
-    ``databricks`` the notebook's own experiment is kept unless one is named.
+    ``databricks`` the experiment is ``experiment``, else ``$PTDEPLOY_EXPERIMENT`` (set by
+    ``ptdeploy run --experiment``); with neither, the notebook's own experiment is kept on
+    a cluster. ``profile`` (else ``$DATABRICKS_CONFIG_PROFILE``) selects the
+    ``~/.databrickscfg`` profile MLflow authenticates with, as the SDK does.
     """
     import mlflow
 
@@ -65,11 +79,18 @@ def configure_mlflow(target: Target | str, experiment: str | None = None) -> str
         name = _local_experiment(experiment or DEFAULT_LOCAL_EXPERIMENT)
         mlflow.set_experiment(name)
         return name
-    mlflow.set_tracking_uri("databricks")
-    mlflow.set_registry_uri("databricks-uc")
+    profile = profile or os.environ.get(PROFILE_ENV)
+    mlflow.set_tracking_uri(f"databricks://{profile}" if profile else "databricks")
+    mlflow.set_registry_uri(f"databricks-uc://{profile}" if profile else "databricks-uc")
+    experiment = experiment or os.environ.get(EXPERIMENT_ENV)
     if experiment:
         mlflow.set_experiment(experiment)
     return experiment
+
+
+def default_experiment(user_name: str) -> str:
+    """``/Users/<user>/ptdeploy``: the user's own folder, which always exists."""
+    return f"/Users/{user_name}/{DEFAULT_WORKSPACE_EXPERIMENT}"
 
 
 def registry_uri(target: Target | str) -> str:
@@ -92,4 +113,54 @@ def workspace_client(target: Target | str, profile: str | None = None) -> Worksp
 
         ws = control.ensure_running()
         return WorkspaceClient(host=ws.host, token=ws.token, auth_type="pat")
-    return WorkspaceClient(profile=profile) if profile else WorkspaceClient()
+    return databricks_client(profile)
+
+
+def databricks_client(
+    profile: str | None = None,
+    *,
+    http_timeout_seconds: int = HTTP_TIMEOUT_SECONDS,
+    retry_timeout_seconds: int = RETRY_TIMEOUT_SECONDS,
+    **config: str,
+) -> WorkspaceClient:
+    """A client on a real workspace by the SDK's unified auth, with bounded timeouts; a
+    missing or wrong configuration is an ``AuthError`` that says what to set."""
+    from databricks.sdk import WorkspaceClient
+    from databricks.sdk.config import Config
+
+    from ptdeploy.errors import AuthError
+
+    try:
+        return WorkspaceClient(
+            config=Config(
+                profile=profile,
+                http_timeout_seconds=http_timeout_seconds,
+                retry_timeout_seconds=retry_timeout_seconds,
+                **config,
+            )
+        )
+    except Exception as exc:  # the SDK raises ValueError for unresolvable configurations
+        where = f"profile {profile!r}" if profile else "the environment"
+        raise AuthError(
+            f"cannot configure a Databricks client from {where}: {exc}. Set DATABRICKS_HOST "
+            "and DATABRICKS_TOKEN, or run `databricks auth login --profile NAME` and pass "
+            "--profile NAME (profiles live in ~/.databrickscfg)."
+        ) from exc
+
+
+def check_workspace(w: WorkspaceClient) -> str:
+    """Ask the workspace who we are (bounded by the client's timeouts); the user name, or an
+    ``AuthError`` naming the host and what to fix."""
+    from ptdeploy.errors import AuthError
+
+    try:
+        me = w.current_user.me()
+    except Exception as exc:
+        raise AuthError(
+            f"workspace {w.config.host} did not accept the request: {type(exc).__name__}: "
+            f"{exc}. Check the host is reachable and the token or profile is valid "
+            "(`databricks auth login`)."
+        ) from exc
+    if not me.user_name:
+        raise AuthError(f"workspace {w.config.host} answered current_user.me() without a name")
+    return me.user_name

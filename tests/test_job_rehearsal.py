@@ -1,0 +1,78 @@
+"""Every template's job, rehearsed offline as its resources/<template>.job.yml declares it:
+tasks in order, each in its own kernel, parameters through the offline dbutils widgets,
+task values handed over, promotion only of what passed its smoke test (slow: kernels)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import pytest
+from ptdeploy import job, registry, targets
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Small models and short loads keep the rehearsal affordable on two cores.
+CHEAP = {
+    "bge_embeddings": {},
+    "gte_embeddings": {},
+    "deepseek_r1_distill_llama": {"model_source": "tiny-llama", "max_tokens": "8"},
+    "deploy_from_unity_catalog": {"model_name": "all_minilm_l6_v2", "endpoint_name": "uc-minilm"},
+    "load_test_endpoint": {"concurrency": "1", "requests_per_level": "2", "max_tokens": "4"},
+}
+
+
+def rehearse(template: str, tmp_path: Path, **overrides: str) -> job.JobRun:
+    return job.rehearse_job(template, overrides=overrides, out_dir=tmp_path, root=REPO)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("template", sorted(CHEAP))
+def test_the_job_runs_offline_task_by_task(template, tmp_path, ptdeploy_home):
+    run = rehearse(template, tmp_path, **CHEAP[template])
+    assert run.ok, run.table()
+    definition = job.load_job(template, REPO)
+    assert [t.task_key for t in run.tasks] == [t["task_key"] for t in definition["tasks"]]
+    assert all(t.status == job.SUCCESS for t in run.tasks)
+    if len(run.tasks) == 3:
+        register, deploy, smoke = run.tasks
+        # the version travelled from register to the next tasks through task values
+        assert deploy.task_values["version"] == register.task_values["model_version"]
+        assert smoke.task_values["endpoint_served_versions"] == [deploy.task_values["version"]]
+
+
+@pytest.mark.slow
+def test_only_a_proven_version_becomes_champion(tmp_path, ptdeploy_home):
+    first = rehearse("llama_completions", tmp_path, model_source="tiny-llama", max_tokens="4")
+    assert first.ok, first.table()
+    targets.configure_mlflow("local")
+    name = "main.default.llama_completions"
+    champion = registry.alias_version(name, "champion")
+    assert champion == first.tasks[0].task_values["model_version"]
+
+    # tiny-llama's random weights never say "Paris": this version fails its smoke test
+    second = rehearse(
+        "llama_completions", tmp_path, model_source="tiny-llama", max_tokens="4", expect="Paris"
+    )
+    statuses = {t.task_key: t.status for t in second.tasks}
+    assert statuses == {"register": "SUCCESS", "deploy": "SUCCESS", "smoke_test": "FAILED"}
+    assert not second.ok
+    failed = second.tasks[2].detail
+    assert "does not contain the expected 'Paris'" in failed
+    assert f"rolled back to the previous version {champion}" in failed
+    new = second.tasks[0].task_values["model_version"]
+    assert registry.alias_version(name, "challenger") == new
+    assert registry.alias_version(name, "champion") == champion, "champion did not move"
+    w = targets.workspace_client("local")
+    served = w.serving_endpoints.get("llama-completions").config.served_entities
+    assert [e.entity_version for e in served] == [champion], "traffic is back on the champion"
+    assert mlflow.MlflowClient().get_model_version(name, new).status == "READY"
+
+
+@pytest.mark.slow
+def test_a_failing_task_skips_its_dependants(tmp_path, ptdeploy_home):
+    # a model name that does not exist: the register (resolve) task fails at once
+    run = rehearse("deploy_from_unity_catalog", tmp_path, model_name="no_such_model")
+    assert [t.status for t in run.tasks] == ["FAILED", "UPSTREAM_FAILED", "UPSTREAM_FAILED"]
+    assert "no_such_model" in run.tasks[0].detail
+    assert "UPSTREAM_FAILED" in run.table() and "FAILED" in run.table()
