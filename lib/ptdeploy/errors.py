@@ -61,3 +61,7 @@ class QueryError(PtdeployError, ValueError):
 
 class WorkspaceError(PtdeployError):
     """The local workspace server cannot be started, reached or stopped."""
+
+
+class BatchError(PtdeployError):
+    """A batch inference run left rows unanswered, or failed rows when told to fail."""
