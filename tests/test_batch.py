@@ -345,3 +345,35 @@ def test_duplicate_ids_are_refused_before_anything_is_sent(spark, conn, tmp_path
     with pytest.raises(ParameterError, match="id_column 'id': 2 rows but 1 distinct"):
         batch.run_batch(spark, s, "local", connection=conn)
     assert not batch.table_exists(spark, s.output, "local")
+
+
+# ------------------------------------------------------------------ the notebook's parameters
+
+
+def _params(**overrides):
+    from ptdeploy import runner
+
+    return runner.resolve_parameters(
+        "notebooks/batch_inference.ipynb", "parameters/batch_inference/local.yaml", overrides
+    )
+
+
+def test_local_parameters_resolve_typed():
+    p = _params(concurrency="4", row_limit="50")
+    assert (p["concurrency"], p["row_limit"], p["prompt_template"]) == (4, 50, None)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"request_column": ""}, "'request_column'=None and 'prompt_template'=None"),
+        ({"prompt_template": "Summarize: {text}"}, "set exactly one"),
+        ({"target": "databricks"}, "'deploy_if_missing'=True applies to target 'local' only"),
+        ({"failed_rows": "skip"}, "failed_rows"),
+        ({"concurrency": "0"}, "concurrency"),
+        ({"target_minutes": "0"}, "target_minutes"),
+    ],
+)
+def test_bad_parameters_name_the_parameter(overrides, message):
+    with pytest.raises(ParameterError, match=message):
+        _params(**overrides)

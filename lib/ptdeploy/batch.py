@@ -84,6 +84,8 @@ def spark_session(target: Target | str, *, app_name: str = "ptdeploy-batch") -> 
     spark = (
         SparkSession.builder.master("local[*]")
         .appName(app_name)
+        .config("spark.driver.bindAddress", "127.0.0.1")  # loopback only, like the workspace
+        .config("spark.driver.host", "127.0.0.1")
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.shuffle.partitions", "4")
@@ -666,3 +668,177 @@ def tqdm_progress(bar: Any) -> Progress:
         bar.update(done - bar.n)
 
     return update
+
+
+# ------------------------------------------------------------------ notebook steps
+
+BATCH_CATALOG = "main"
+BATCH_SCHEMA = "default"
+# Databricks needs a model_type for embedding models; the local rehearsal deploys with it.
+BATCH_EMBEDDING_MODEL_TYPE = "gte-large"
+SAMPLE_TEXTS = (
+    "Provisioned throughput reserves tokens per second for a model serving endpoint.",
+    "A cat sleeps on the warm windowsill all afternoon.",
+    "Spark runs the same SQL on a laptop and on a cluster.",
+    "Embeddings place sentences with similar meanings close together.",
+    "The invoice is due at the end of the month.",
+    "Scale to zero saves money when an endpoint is idle.",
+)
+
+
+@dataclass
+class BatchEndpoint:
+    """The endpoint a batch runs against: its name, task and whether this run deployed it."""
+
+    name: str
+    task: Task
+    deployed_now: bool
+
+
+def prepare_endpoint(p: Any, w: WorkspaceClient) -> BatchEndpoint:
+    """The endpoint, ready, and its task (asked from the endpoint when ``task`` is auto).
+
+    Offline with ``deploy_if_missing``, a missing endpoint is deployed first from
+    ``model_source`` (one chunk), so the notebook runs on its own.
+    """
+    from ptdeploy import endpoints, loadtest
+    from ptdeploy.errors import EndpointNotFoundError
+
+    deployed_now = False
+    try:
+        endpoints.get_endpoint(w, p.endpoint_name)
+    except EndpointNotFoundError as exc:
+        if not p.deploy_if_missing:
+            raise EndpointNotFoundError(
+                f"{exc} Deploy it with a deployment notebook first, or (target 'local') set "
+                f"deploy_if_missing=true to deploy model_source={p.model_source!r} now."
+            ) from exc
+        _deploy_for_batch(p, w)
+        deployed_now = True
+    ep = endpoints.wait_until_ready(w, p.endpoint_name, timeout=p.wait_timeout_minutes * 60)
+    task = loadtest.detect_task(w, p.endpoint_name) if p.task == "auto" else parse_task(p.task)
+    print(f"endpoint {p.endpoint_name}: {endpoints.describe_state(ep)} | task {task.value}")
+    return BatchEndpoint(p.endpoint_name, task, deployed_now)
+
+
+def _deploy_for_batch(p: Any, w: WorkspaceClient) -> None:
+    """Register ``p.model_source`` and serve it with one chunk (local rehearsal only)."""
+    from ptdeploy import flow, model_logging, models, names, optimization, registry, throughput
+
+    if p.target != Target.LOCAL.value:  # the spec refuses it too; never deploy by accident
+        raise ParameterError("deploy_if_missing=true applies to target 'local' only.")
+    loaded = models.load_model(p.model_source)
+    embeddings = loaded.kind == "encoder"
+    task = Task.EMBEDDINGS if embeddings else Task.COMPLETIONS
+    if p.task != "auto":
+        task = parse_task(p.task)
+    logged = model_logging.log_model(
+        loaded, task=task.value, model_type=BATCH_EMBEDDING_MODEL_TYPE if embeddings else None
+    )
+    model = p.endpoint_name.replace("-", "_").lower()
+    name = names.registered_model_name(BATCH_CATALOG, BATCH_SCHEMA, model)
+    registered = registry.register(logged.model_uri, name)
+    info = optimization.optimizable_info(w, name, registered.version)
+    plan = throughput.plan_from_info(info, 1, 1)
+    print(f"registered {loaded.source.describe()} ({task.value}) as {name} v{registered.version}")
+    flow.serve(p, w, name, registered.version, plan)
+
+
+def spec_from_params(p: Any, endpoint: BatchEndpoint) -> BatchSpec:
+    return BatchSpec(
+        endpoint=endpoint.name,
+        input=p.input_table,
+        output=p.output_table,
+        id_column=p.id_column,
+        task=endpoint.task,
+        request_column=p.request_column,
+        prompt_template=p.prompt_template,
+        max_tokens=p.max_tokens,
+        temperature=p.temperature,
+        row_limit=p.row_limit,
+        failed_rows=p.failed_rows,
+        concurrency=p.concurrency,
+        rows_per_commit=p.rows_per_commit,
+    )
+
+
+def start_spark(p: Any) -> SparkSession:
+    """The target's Spark session, with its start-up time printed."""
+    started = time.monotonic()
+    spark = spark_session(p.target)
+    print(
+        f"Spark {spark.version} ({spark.sparkContext.master}) in {time.monotonic() - started:.1f} s"
+    )
+    return spark
+
+
+def ensure_sample_input(p: Any, spark: SparkSession, spec: BatchSpec) -> bool:
+    """Offline rehearsal: write ``sample_rows`` rows to a missing input (two of them
+    malformed, to show per-row errors). Returns whether it wrote one."""
+    if not p.sample_rows or table_exists(spark, spec.input, p.target):
+        return False
+    column = (
+        spec.request_column or (_TEMPLATE_FIELD.findall(spec.prompt_template or "") or ["text"])[0]
+    )
+    rows: list[dict[str, Any]] = [
+        {spec.id_column: i, column: f"{SAMPLE_TEXTS[i % len(SAMPLE_TEXTS)]} ({i})"}
+        for i in range(p.sample_rows)
+    ]
+    if len(rows) >= 10:
+        rows[3][column] = ""
+        rows[7][column] = None
+    write_table(spark, rows, spec.input, p.target)
+    print(f"wrote a sample input of {len(rows)} rows to {spec.input}")
+    return True
+
+
+def show_sql(spark: SparkSession, spec: BatchSpec, target: Any) -> str:
+    """Print and return the SQL text the batch runs (the same on both targets)."""
+    sql = batch_sql(spec, read_table(spark, spec.input, target).columns)
+    print(sql)
+    return sql
+
+
+def connection_for(w: WorkspaceClient, target: Any) -> ai_query.Connection | None:
+    """Host and token for the offline ai_query (None on Databricks: the built-in is used)."""
+    if Target(target) is Target.DATABRICKS:
+        return None
+    return ai_query.Connection(w.config.host, w.config.token)
+
+
+def run_step(
+    p: Any, spark: SparkSession, w: WorkspaceClient, spec: BatchSpec, progress: Progress | None
+) -> BatchResult:
+    """Run the batch, check the output, print the summary."""
+    result = run_batch(
+        spark, spec, p.target, connection=connection_for(w, p.target), progress=progress
+    )
+    check_output(spark, spec, p.target)
+    print("\n".join(result.explain()))
+    return result
+
+
+def sizing_step(p: Any, w: WorkspaceClient, spark: SparkSession, result: BatchResult) -> Sizing:
+    """Measured rates against provisioned throughput, and the planner's proposal."""
+    from pyspark.sql import functions as F
+
+    chars = None
+    if result.input_tokens is None:  # Databricks: estimate from the request lengths
+        source = prepare_input(spark, result.spec, p.target)
+        column = result.spec.request_column or source.columns[0]
+        chars = source.agg(F.avg(F.length(F.col(column)))).first()[0]
+    sizing = size_with_planner(
+        w, result, target_minutes=p.target_minutes, headroom=p.headroom, mean_request_chars=chars
+    )
+    print("\n".join(sizing.explain()))
+    return sizing
+
+
+def summary(result: BatchResult, sizing: Sizing | None, endpoint: BatchEndpoint) -> dict[str, Any]:
+    """The notebook's summary (read back by ``ptdeploy run`` and a job's next task)."""
+    return {
+        **result.summary(),
+        "deployed_now": endpoint.deployed_now,
+        "sql": result.sql,
+        "sizing": sizing.as_dict() if sizing else None,
+    }
