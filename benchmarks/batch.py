@@ -139,7 +139,13 @@ def main() -> int:
         from databricks.sdk import WorkspaceClient
 
         w = WorkspaceClient(host=ws.host, token=ws.token, auth_type="pat")
-        deploy(w, models.load_model("all-minilm-l6-v2"), "llm/v1/embeddings", "bench-embed", "gte-large")
+        deploy(
+            w,
+            models.load_model("all-minilm-l6-v2"),
+            "llm/v1/embeddings",
+            "bench-embed",
+            "gte-large",
+        )
         deploy(w, models.build_tiny_llama(), "llm/v1/completions", "bench-complete")
         spark = batch.spark_session("local")
         conn = ai_query.Connection(ws.host, ws.token)

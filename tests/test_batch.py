@@ -252,7 +252,7 @@ def test_embeddings_batch_with_malformed_rows_then_resume(spark, w, conn, embedd
     rows[3]["text"] = ""
     rows[7]["text"] = None
     rows[11]["text"] = "   "
-    rows[13]["text"] = "x" * (ai_query.MAX_REQUEST_BYTES + 10)  # over the 16 MB payload cap
+    rows[13]["text"] = "\t"
     source, out = str(tmp_path / "docs.parquet"), str(tmp_path / "embedded")
     batch.write_table(spark, rows, source, "local")
     s = spec(endpoint=embeddings_ep, input=source, output=out, concurrency=4, rows_per_commit=12)
@@ -267,7 +267,7 @@ def test_embeddings_batch_with_malformed_rows_then_resume(spark, w, conn, embedd
     )
     assert (first.rows_in, first.rows_sent, first.rows_out) == (20, 20, 20)
     assert seen[0] == (0, 20) and seen[-1] == (20, 20) and len(seen) == 1 + first.commits
-    assert first.errors_by_kind == {"EMPTY_REQUEST": 2, "NULL_REQUEST": 1, "REQUEST_TOO_LARGE": 1}
+    assert first.errors_by_kind == {"EMPTY_REQUEST": 3, "NULL_REQUEST": 1}
     assert first.input_tokens > 0 and first.output_tokens == 0
 
     # The whole table: the 20 rows already done are skipped, not sent again.
@@ -335,6 +335,39 @@ def test_completions_batch_over_long_and_non_string_rows(spark, conn, completion
     )
     result = batch.run_batch(spark, ints, "local", connection=conn)
     assert result.complete and result.errors_by_kind == {"INVALID_REQUEST_TYPE": 3}
+
+
+@pytest.mark.slow
+def test_notebook_embeds_a_sample_table_on_local_spark(embeddings_ep, tmp_path):
+    """The template end to end, headless, against the module's endpoint: the sample input
+    (two malformed rows) lands whole in the output, and the summary holds the SQL and the
+    planner's sizing."""
+    from ptdeploy import runner
+
+    source, out = str(tmp_path / "docs.parquet"), str(tmp_path / "docs-embedded")
+    run = runner.run_notebook(
+        "notebooks/batch_inference.ipynb",
+        "parameters/batch_inference/local.yaml",
+        {
+            "endpoint_name": embeddings_ep,
+            "deploy_if_missing": "false",
+            "input_table": source,
+            "output_table": out,
+            "sample_rows": "30",
+        },
+        out_dir=tmp_path / "run",
+        progress=False,
+    )
+    assert run.ok, run.describe_failure()
+    summary = run.summary
+    assert (summary["rows_in"], summary["rows_out"], summary["rows_ok"]) == (30, 30, 28)
+    assert summary["errors_by_kind"] == {"EMPTY_REQUEST": 1, "NULL_REQUEST": 1}
+    assert summary["complete"] and summary["task"] == "llm/v1/embeddings"
+    expected = batch.batch_sql(
+        spec(endpoint=embeddings_ep, input=source, output=out), ["id", "text"]
+    )
+    assert summary["sql"] == expected  # the text a Databricks cluster would run
+    assert summary["sizing"]["tokens_measured"] and summary["sizing"]["planned"]
 
 
 @pytest.mark.slow

@@ -348,8 +348,11 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
 
 
-def prepare_input(spark: SparkSession, spec: BatchSpec, target: Target | str) -> DataFrame:
-    """The input rows (first ``row_limit`` by id), ids checked unique and non-null."""
+def prepare_input(
+    spark: SparkSession, spec: BatchSpec, target: Target | str
+) -> tuple[DataFrame, int]:
+    """The input rows (first ``row_limit`` by id) and their count; ids checked unique
+    and non-null."""
     from pyspark.sql import functions as F
 
     df = read_table(spark, spec.input, target)
@@ -371,7 +374,7 @@ def prepare_input(spark: SparkSession, spec: BatchSpec, target: Target | str) ->
             f"id_column {spec.id_column!r}: {stats['rows']} rows but {stats['ids']} distinct "
             f"non-null ids; resume needs a unique, non-null id per row."
         )
-    return df
+    return df, int(stats["rows"])
 
 
 def run_batch(
@@ -404,22 +407,22 @@ def run_batch(
             spark, connection, spec.task, concurrency=math.ceil(spec.concurrency / partitions)
         )
     started = clock()
-    source = prepare_input(spark, spec, target)
+    source, rows_in = prepare_input(spark, spec, target)
     sql = batch_sql(spec, source.columns)
-    rows_in = source.count()
     pending = source
     if table_exists(spark, spec.output, target):
         done = read_table(spark, spec.output, target).select(spec.id_column).distinct()
         pending = source.join(done, on=spec.id_column, how="left_anti")
-    pending = pending.persist(StorageLevel.MEMORY_AND_DISK)
-    to_send = pending.count()
-    rows_skipped = rows_in - to_send
-    # Commits of about rows_per_commit rows, by a hash of the id: no global sort, and
-    # the same split whatever the partitioning.
-    commits = max(1, math.ceil(to_send / max(1, spec.rows_per_commit)))
+    # Commits of at most about rows_per_commit rows, by a hash of the id: no global sort,
+    # the same split whatever the partitioning (and smaller commits when resuming).
+    commits = max(1, math.ceil(rows_in / max(1, spec.rows_per_commit)))
     chunk = "__ptdeploy_commit"
-    keyed = pending.withColumn(chunk, F.pmod(F.xxhash64(F.col(spec.id_column)), F.lit(commits)))
+    keyed = pending.withColumn(
+        chunk, F.pmod(F.xxhash64(F.col(spec.id_column)), F.lit(commits))
+    ).persist(StorageLevel.MEMORY_AND_DISK)
     sizes = {r[chunk]: r["count"] for r in keyed.groupBy(chunk).count().collect()}
+    to_send = sum(sizes.values())
+    rows_skipped = rows_in - to_send
     sent = 0
     if progress:
         progress(0, to_send)
@@ -432,7 +435,7 @@ def run_batch(
             if progress:
                 progress(sent, to_send)
     finally:
-        pending.unpersist()
+        keyed.unpersist()
         spark.catalog.dropTempView(INPUT_VIEW)
     elapsed = clock() - started
     result = _totals(spark, spec, sql, rows_in, rows_skipped, sent, elapsed, target)
@@ -503,7 +506,8 @@ def check_output(spark: SparkSession, spec: BatchSpec, target: Target | str) -> 
     """
     from pyspark.sql import functions as F
 
-    source = prepare_input(spark, spec, target).select(spec.id_column)
+    source_rows, rows_in = prepare_input(spark, spec, target)
+    source = source_rows.select(spec.id_column)
     out = read_table(spark, spec.output, target)
     response = F.col(RESPONSE_COLUMN)
     stats = out.agg(
@@ -518,7 +522,7 @@ def check_output(spark: SparkSession, spec: BatchSpec, target: Target | str) -> 
     ).first()
     missing = source.join(out.select(spec.id_column), spec.id_column, "left_anti").count()
     counts = {
-        "rows_in": source.count(),
+        "rows_in": rows_in,
         "rows_out": int(stats["rows"]),
         "distinct_ids": int(stats["ids"]),
         "missing": missing,
@@ -824,7 +828,7 @@ def sizing_step(p: Any, w: WorkspaceClient, spark: SparkSession, result: BatchRe
 
     chars = None
     if result.input_tokens is None:  # Databricks: estimate from the request lengths
-        source = prepare_input(spark, result.spec, p.target)
+        source, _ = prepare_input(spark, result.spec, p.target)
         column = result.spec.request_column or source.columns[0]
         chars = source.agg(F.avg(F.length(F.col(column)))).first()[0]
     sizing = size_with_planner(
