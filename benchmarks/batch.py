@@ -203,7 +203,10 @@ def main() -> int:
         *rows,
     ]
     if args.notebook:
-        elapsed, floor = notebook_vs_floor(home / "nb-out")
+        try:
+            elapsed, floor = notebook_vs_floor(home / "nb-out")
+        finally:
+            control.stop(quiet=True)  # the notebook started the workspace again
         lines += [
             "",
             f"Notebook `batch_inference.ipynb` (local.yaml, 200 sample rows, deploys MiniLM): "

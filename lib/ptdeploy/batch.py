@@ -30,6 +30,7 @@ import os
 import re
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,6 +75,11 @@ def spark_session(target: Target | str, *, app_name: str = "ptdeploy-batch") -> 
     active = SparkSession.getActiveSession()
     if active is not None:
         return active
+    # pyspark 4.3 warns on every pandas UDF that pandas >= 3 is not fully supported; the
+    # pandas UDF paths used here are covered by tests/test_batch.py on the pinned pandas.
+    warnings.filterwarnings(
+        "ignore", message="PySpark does not yet fully support pandas", category=FutureWarning
+    )
     # Spark's Python workers must import pandas/pyarrow/ptdeploy: this interpreter's.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
