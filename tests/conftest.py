@@ -80,3 +80,13 @@ def registered_minilm(ptdeploy_home) -> tuple[str, str]:
         "main.default.minilm",
         model_type="gte-large",
     )
+
+
+@pytest.fixture(scope="session")
+def spark(ptdeploy_home):
+    """One local Spark session for every test that needs one (start-up costs ~10-20 s)."""
+    from ptdeploy import batch
+
+    session = batch.spark_session("local")
+    yield session
+    session.stop()

@@ -107,3 +107,7 @@ class AuthError(PtdeployError):
 
 class PromotionError(PtdeployError):
     """A new version failed its deploy or smoke test: traffic stays on the champion."""
+
+
+class BatchError(PtdeployError):
+    """A batch inference run left rows unanswered, or failed rows when told to fail."""

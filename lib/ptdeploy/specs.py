@@ -267,6 +267,96 @@ LOAD_TEST_ENDPOINT = ParameterSpec(
     cross_checks=(_load_test_checks,),
 )
 
+
+def _batch_checks(values: dict[str, Any]) -> None:
+    column, template = values.get("request_column"), values.get("prompt_template")
+    if (column is None) == (template is None):
+        raise ParameterError(
+            f"parameters 'request_column'={column!r} and 'prompt_template'={template!r}: set "
+            "exactly one: the column that is the request, or a template such as "
+            "'Summarize: {text}'."
+        )
+    if values.get("target") == Target.DATABRICKS.value:
+        for name in ("deploy_if_missing", "sample_rows"):
+            if values.get(name):
+                raise ParameterError(
+                    f"parameter {name!r}={values[name]!r} applies to target 'local' only: on "
+                    "Databricks the endpoint and the input table must exist."
+                )
+
+
+BATCH_INFERENCE = ParameterSpec(
+    notebook="batch_inference",
+    params=(
+        _SERVING["endpoint_name"],
+        _SERVING["target"],
+        Param(
+            "input_table",
+            "str",
+            "Input table",
+            "a table name (catalog.schema.table) or a Parquet path",
+        ),
+        Param(
+            "output_table", "str", "Output table", "a table name or a Parquet path (appended to)"
+        ),
+        Param("id_column", "str", "Unique id column (resume skips ids already in the output)"),
+        Param(
+            "request_column",
+            "str",
+            "Request column (or use prompt_template)",
+            "a STRING column of the input",
+            optional=True,
+        ),
+        Param(
+            "prompt_template",
+            "str",
+            "Prompt template (or use request_column)",
+            "text with {column} placeholders, e.g. Summarize: {text}",
+            optional=True,
+        ),
+        Param(
+            "task",
+            "choice",
+            "Task (auto: ask the endpoint)",
+            choices=("auto", "completions", "chat", "embeddings"),
+        ),
+        Param("max_tokens", "int", "max_tokens (completions, chat)", minimum=1, maximum=8192),
+        Param("temperature", "float", "temperature (completions, chat)", minimum=0.0, maximum=2.0),
+        Param(
+            "row_limit",
+            "int",
+            "Row limit for a dry run (empty: all rows)",
+            minimum=1,
+            optional=True,
+        ),
+        Param("failed_rows", "choice", "Failed rows", choices=("keep", "fail")),
+        Param("concurrency", "int", "Requests in flight", minimum=1, maximum=256),
+        Param(
+            "rows_per_commit", "int", "Rows per commit to the output", minimum=1, maximum=10_000_000
+        ),
+        Param(
+            "target_minutes", "float", "Target time for the whole batch (minutes)", check=_positive
+        ),
+        Param("headroom", "float", "Planner headroom (x)", minimum=1.0, maximum=10.0),
+        Param("deploy_if_missing", "bool", "Deploy the endpoint if it does not exist (local)"),
+        Param(
+            "model_source",
+            "str",
+            "Model to deploy if missing",
+            "offline name (all-minilm-l6-v2, tiny-llama, smollm2-135m-instruct) or directory",
+        ),
+        Param(
+            "sample_rows",
+            "int",
+            "Rows of a sample input written when it is missing (local; 0: never)",
+            minimum=0,
+            maximum=1_000_000,
+        ),
+        _SERVING["wait_timeout_minutes"],
+    ),
+    cross_checks=(_batch_checks,),
+)
+
 SPECS: dict[str, ParameterSpec] = {
     spec.notebook: spec
     for spec in (
@@ -276,6 +366,7 @@ SPECS: dict[str, ParameterSpec] = {
         DEEPSEEK_R1_DISTILL_LLAMA,
         DEPLOY_FROM_UNITY_CATALOG,
         LOAD_TEST_ENDPOINT,
+        BATCH_INFERENCE,
     )
 }
 
