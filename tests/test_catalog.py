@@ -176,6 +176,7 @@ def test_a_version_that_does_not_record_its_task(monkeypatch):
         catalog.model_task("main.default.x", "1", OptimizationInfo(False))
 
 
+@pytest.mark.slow  # seeds and registers models
 def test_resolve_by_step_hands_the_version_over(registered_tiny_completions, monkeypatch):
     """register: the latest version, set as task values; deploy/smoke_test alone: the
     register task's value (the debugValue off Databricks: none, so the latest again)."""

@@ -69,6 +69,7 @@ def test_every_notebook_has_local_and_databricks_parameters(path):
         assert (REPO / "parameters" / path.stem / f"{target}.yaml").is_file()
 
 
+@pytest.mark.slow  # starts a kernel
 def test_unknown_papermill_parameter_fails_inside_the_notebook(tmp_path):
     """Plain `papermill -p` (not our runner) with a typo: the notebook stops at once."""
     import papermill as pm
@@ -88,6 +89,7 @@ def test_unknown_papermill_parameter_fails_inside_the_notebook(tmp_path):
     assert out.is_file(), "the failed output notebook is kept for inspection"
 
 
+@pytest.mark.slow  # starts a kernel
 def test_llama_notebook_on_tiny_llama_twice_updates_the_same_endpoint(tmp_path):
     """Run 1 creates the endpoint on v1; run 2 registers v2 and updates the same endpoint;
     run 3 is the job's smoke_test task alone: it finds v2 through the alias, queries the
@@ -237,6 +239,7 @@ def test_bge_notebook_on_minilm(tmp_path):
     assert s["endpoint_served_versions"] == [] and s["endpoint_deleted"] is True
 
 
+@pytest.mark.slow  # starts a kernel
 def test_deepseek_notebook_on_tiny_llama(tmp_path):
     result = _run(
         "deepseek_r1_distill_llama",
@@ -341,6 +344,7 @@ def test_chat_template_refuses_an_embedding_model():
     assert "main.default.nb_reverse_task" not in _registered_names()
 
 
+@pytest.mark.slow  # starts a kernel
 def test_unity_catalog_notebook_refuses_a_base_llama_from_system_ai(tmp_path):
     result = _run(
         "deploy_from_unity_catalog",

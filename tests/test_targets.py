@@ -33,6 +33,7 @@ def test_an_unknown_profile_is_named(no_databricks_config):
         targets.databricks_client("prod")
 
 
+@pytest.mark.slow  # waits out the bounded timeouts
 def test_a_dead_host_fails_within_the_bounded_timeouts(no_databricks_config):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -44,6 +45,7 @@ def test_a_dead_host_fails_within_the_bounded_timeouts(no_databricks_config):
         targets.check_workspace(w)
 
 
+@pytest.mark.slow  # waits out the bounded timeouts
 def test_a_host_that_never_answers_fails_within_the_http_timeout(no_databricks_config):
     server = socket.socket()
     server.bind(("127.0.0.1", 0))

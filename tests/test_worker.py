@@ -38,6 +38,7 @@ PROMPTS = [
     "Databricks Model Serving runs foundation models",
 ]
 LOAD_TIMEOUT = 180
+pytestmark = pytest.mark.slow  # worker processes import torch (seconds each on 2 cores)
 
 
 @pytest.fixture(scope="module")
