@@ -90,3 +90,36 @@ def spark(ptdeploy_home):
     session = batch.spark_session("local")
     yield session
     session.stop()
+
+
+@pytest.fixture()
+def serve_app():
+    """Serve a local-workspace app in-process on a loopback port: ``serve(app) -> host``.
+
+    Client code under test then talks to it through databricks-sdk exactly as it would to
+    a workspace (``WorkspaceClient(host=host, token=..., auth_type="pat")``). Stopped (and
+    the app's lifespan shut down) at the end of the test.
+    """
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    running = []
+
+    def serve(app) -> str:
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+        thread.start()
+        while not server.started and thread.is_alive():
+            time.sleep(0.01)
+        running.append((server, thread))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+    yield serve
+    for server, thread in running:
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -7,13 +7,9 @@ loopback port, with a worker that is ready at once), as a user's code would be.
 from __future__ import annotations
 
 import argparse
-import socket
-import threading
-import time
 from typing import Any
 
 import pytest
-import uvicorn
 from databricks.sdk import WorkspaceClient
 from databricks.sdk.service.serving import EndpointCoreConfigInput, ServedEntityInput
 from ptdeploy import cleanup, cli, endpoints
@@ -58,7 +54,7 @@ class Catalog:
 
 
 @pytest.fixture()
-def w(tmp_path):
+def w(tmp_path, serve_app):
     app = create_app(
         token=TOKEN,
         store=st.EndpointStore(tmp_path / "endpoints"),
@@ -66,17 +62,7 @@ def w(tmp_path):
         worker_factory=ReadyWorker,
         poll_interval=0.05,
     )
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.01)
-    host = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    yield WorkspaceClient(host=host, token=TOKEN, auth_type="pat")
-    server.should_exit = True  # the app's lifespan shuts the manager (and its workers) down
-    thread.join(timeout=10)
+    return WorkspaceClient(host=serve_app(app), token=TOKEN, auth_type="pat")
 
 
 def deploy(w: WorkspaceClient, name: str) -> None:

@@ -319,6 +319,9 @@ class Sample:
     error_type: str | None = None
     error_message: str | None = None
     status_code: int | None = None
+    # streamed requests only: time to the first piece of text, mean gap between pieces
+    time_to_first_token_s: float | None = None
+    inter_token_latency_s: float | None = None
 
 
 def percentile(values: Iterable[float], q: float) -> float | None:
@@ -351,6 +354,10 @@ class LevelResult:
     p99_latency_s: float | None
     mean_latency_s: float | None
     stop_reason: str  # "requests" (count cap), "duration" (time cap)
+    # streamed load tests only (None otherwise): time to first token, inter-token latency
+    p50_time_to_first_token_s: float | None = None
+    p95_time_to_first_token_s: float | None = None
+    mean_inter_token_latency_s: float | None = None
 
     @classmethod
     def from_samples(
@@ -359,6 +366,8 @@ class LevelResult:
         ok = [s for s in samples if s.ok]
         latencies = [s.latency_s for s in ok]
         with_usage = [s for s in ok if s.total_tokens is not None]
+        ttft = [s.time_to_first_token_s for s in ok if s.time_to_first_token_s is not None]
+        itl = [s.inter_token_latency_s for s in ok if s.inter_token_latency_s is not None]
 
         def rate(amount: float) -> float | None:
             return amount / duration_s if duration_s > 0 else None
@@ -380,6 +389,9 @@ class LevelResult:
             p99_latency_s=percentile(latencies, 99),
             mean_latency_s=sum(latencies) / len(latencies) if latencies else None,
             stop_reason=stop_reason,
+            p50_time_to_first_token_s=percentile(ttft, 50),
+            p95_time_to_first_token_s=percentile(ttft, 95),
+            mean_inter_token_latency_s=sum(itl) / len(itl) if itl else None,
         )
 
 
@@ -394,6 +406,11 @@ _TABLE_COLUMNS = (
     ("p95 s", "p95_latency_s", "{:.3f}"),
     ("p99 s", "p99_latency_s", "{:.3f}"),
     ("stop", "stop_reason", "{}"),
+)
+_STREAM_COLUMNS = (
+    ("p50 ttft s", "p50_time_to_first_token_s", "{:.3f}"),
+    ("p95 ttft s", "p95_time_to_first_token_s", "{:.3f}"),
+    ("itl ms", "mean_inter_token_latency_s", "{:.1f}"),
 )
 
 
@@ -424,16 +441,24 @@ class LoadTestResult:
         """One dict per level (the fields of :class:`LevelResult`)."""
         return [asdict(level) for level in self.levels]
 
+    @property
+    def streamed(self) -> bool:
+        """Whether requests were streamed (time to first token was measured)."""
+        return any(lv.p50_time_to_first_token_s is not None for lv in self.levels)
+
     def to_text(self) -> str:
-        """The table as aligned text, ``-`` where a value is undefined."""
-        header = [title for title, _, _ in _TABLE_COLUMNS]
-        rows = [
-            [
-                "-" if getattr(lv, key) is None else fmt.format(getattr(lv, key))
-                for _, key, fmt in _TABLE_COLUMNS
-            ]
-            for lv in self.levels
-        ]
+        """The table as aligned text, ``-`` where a value is undefined (streamed tests add
+        time to first token and inter-token latency)."""
+        columns = _TABLE_COLUMNS + (_STREAM_COLUMNS if self.streamed else ())
+        header = [title for title, _, _ in columns]
+
+        def cell(lv: LevelResult, key: str, fmt: str) -> str:
+            value = getattr(lv, key)
+            if value is None:
+                return "-"
+            return fmt.format(value * 1000 if key == "mean_inter_token_latency_s" else value)
+
+        rows = [[cell(lv, key, fmt) for _, key, fmt in columns] for lv in self.levels]
         widths = [
             max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
             for i, h in enumerate(header)
@@ -668,6 +693,7 @@ def run_load_test(
     clock: Callable[[], float] = time.monotonic,
     progress: Progress = True,
     retry_throttled: bool = False,
+    stream: bool = False,
 ) -> LoadTestResult:
     """Load-test ``endpoint`` at each level of ``concurrency`` and return the results.
 
@@ -678,7 +704,9 @@ def run_load_test(
     the duration cap; tests inject a fake one. ``retry_throttled=True`` keeps the SDK's
     own retries of 429/503 (latency then includes the waits). ``progress``: a bar per
     level (``True``), none, or a callable called with each :class:`Sample` as it lands
-    (``ptdeploy.progress``).
+    (``ptdeploy.progress``). ``stream=True`` (completions and chat) sends ``stream: true``
+    and also records each request's time to first token and mean inter-token latency
+    (the gap between text chunks), per level as p50/p95 and mean.
 
     Raises :class:`~ptdeploy.errors.ParameterError` for invalid arguments and
     :class:`~ptdeploy.errors.EndpointError` when the task must be detected and the
@@ -700,18 +728,26 @@ def run_load_test(
         messages=messages,
         inputs=inputs,
     )
+    if not isinstance(stream, bool):
+        raise ParameterError(f"stream: got {stream!r}; expected True or False.")
     if resolved is None:
         resolved = detect_task(w, endpoint)
     payload = build_payload(resolved, **payload_args)
+    if stream and resolved is Task.EMBEDDINGS:
+        raise ParameterError(
+            "stream: embeddings endpoints answer in one response; stream=True is for "
+            "completions and chat endpoints."
+        )
 
     client = w if retry_throttled else _load_test_client(w, max(levels))
     query_kwargs = payload.query_kwargs()
+    send = _streamed_sender(payload) if stream else None
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     results: list[LevelResult] = []
     samples: list[Sample] = []
     for level in levels:
         level_samples, duration, reason = _run_level(
-            client, endpoint, query_kwargs, level, count_cap, time_cap, clock, progress
+            client, endpoint, query_kwargs, level, count_cap, time_cap, clock, progress, send
         )
         samples.extend(level_samples)
         results.append(LevelResult.from_samples(level, level_samples, duration, reason))
@@ -740,9 +776,12 @@ def _run_level(
     time_cap: float,
     clock: Callable[[], float],
     progress: Progress,
+    send: Callable[[Any, str, Callable[[], float]], tuple[Any, float | None, float | None]]
+    | None = None,
 ) -> tuple[list[Sample], float, str]:
     """One closed-loop level: ``concurrency`` workers, at most ``count_cap`` requests, none
-    issued after ``time_cap`` seconds. Returns (samples by index, wall time, stop reason)."""
+    issued after ``time_cap`` seconds. Returns (samples by index, wall time, stop reason).
+    ``send`` streams a request instead and returns (usage holder, ttft, inter-token)."""
     from tqdm.auto import tqdm
 
     lock = threading.Lock()
@@ -771,8 +810,12 @@ def _run_level(
     def worker() -> None:
         while (index := next_ticket()) is not None:
             t0 = clock()
+            first = gap = None
             try:
-                response = client.serving_endpoints.query(endpoint, **query_kwargs)
+                if send is None:
+                    response = client.serving_endpoints.query(endpoint, **query_kwargs)
+                else:
+                    response, first, gap = send(client, endpoint, clock)
             except Exception as err:  # recorded, never raised: a load test counts failures
                 t1 = clock()
                 kind, message, status = _describe_error(err)
@@ -798,6 +841,8 @@ def _run_level(
                     input_tokens=tokens_in,
                     output_tokens=tokens_out,
                     total_tokens=tokens_total,
+                    time_to_first_token_s=None if first is None else first - t0,
+                    inter_token_latency_s=gap,
                 )
             with lock:
                 samples.append(sample)
@@ -817,6 +862,39 @@ def _run_level(
     duration = clock() - start
     samples.sort(key=lambda s: s.index)
     return samples, duration, stop_reason
+
+
+def _streamed_sender(
+    payload: Payload,
+) -> Callable[[Any, str, Callable[[], float]], tuple[Any, float | None, float | None]]:
+    """Send the payload with ``stream: true``; time the chunks that carry text.
+
+    Returns (a dict with the last ``usage``, the clock at the first text, the mean gap
+    between text chunks or None with fewer than two).
+    """
+    from ptdeploy.query import stream_chunks
+
+    body = payload.body()
+    chat = payload.task is Task.CHAT
+
+    def send(
+        client: Any, endpoint: str, clock: Callable[[], float]
+    ) -> tuple[Any, float | None, float | None]:
+        times: list[float] = []
+        usage = None
+        for chunk in stream_chunks(client, endpoint, body):
+            now = clock()
+            usage = chunk.get("usage") or usage
+            for choice in chunk.get("choices") or []:
+                text = (choice.get("delta") or {}).get("content") if chat else choice.get("text")
+                if text:
+                    times.append(now)
+                    break
+        first = times[0] if times else None
+        gap = (times[-1] - times[0]) / (len(times) - 1) if len(times) > 1 else None
+        return {"usage": usage}, first, gap
+
+    return send
 
 
 # --------------------------------------------------------------------------- CLI
@@ -936,6 +1014,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="let the SDK retry 429/503 (default: record them as errors)",
     )
+    parser.add_argument(
+        "--stream",
+        action="store_true",
+        help="stream completions/chat and record time to first token and inter-token latency",
+    )
     parser.add_argument("--no-plots", action="store_true", help="do not write the PNG plots")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -973,6 +1056,7 @@ def run(args: argparse.Namespace, *, client: Any = None) -> int:
             out_dir=out,
             progress=not args.no_progress,
             retry_throttled=args.retry_throttled,
+            stream=args.stream,
         )
     except PtdeployError as err:
         print(f"error: {err}", file=sys.stderr)

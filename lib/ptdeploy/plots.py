@@ -32,6 +32,7 @@ __all__ = ["latency_figure", "plot_load_test", "save_figures", "throughput_figur
 
 LATENCY_PNG = "latency_vs_concurrency.png"
 THROUGHPUT_PNG = "throughput_vs_concurrency.png"
+STREAMING_PNG = "time_to_first_token_vs_concurrency.png"
 
 
 def _levels(data: LoadTestResult | Sequence[LevelResult]) -> list[LevelResult]:
@@ -121,6 +122,34 @@ def throughput_figure(
     return fig
 
 
+def streaming_figure(data: LoadTestResult | Sequence[LevelResult]) -> Figure:
+    """Streamed load tests: p50/p95 time to first token (left axis) and the mean
+    inter-token latency (right axis, ms) against concurrency."""
+    levels = _levels(data)
+    fig, ax = _new_figure(_title(data, "time to first token vs concurrency"))
+    xs = [lv.concurrency for lv in levels]
+    ax.plot(xs, _values(levels, "p50_time_to_first_token_s"), "o-", label="p50 TTFT")
+    ax.plot(xs, _values(levels, "p95_time_to_first_token_s"), "s-", label="p95 TTFT")
+    _concurrency_axis(ax, levels)
+    ax.set_ylabel("time to first token (s)")
+    ax.set_ylim(bottom=0)
+    right = ax.twinx()
+    right.plot(
+        xs,
+        _values(levels, "mean_inter_token_latency_s", 1000.0),
+        "d--",
+        color="gray",
+        label="inter-token latency (ms)",
+    )
+    right.set_ylabel("inter-token latency (ms)")
+    right.set_ylim(bottom=0)
+    handles, labels = ax.get_legend_handles_labels()
+    more_handles, more_labels = right.get_legend_handles_labels()
+    ax.legend(handles + more_handles, labels + more_labels, loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
 def save_figures(
     result: LoadTestResult | Sequence[LevelResult],
     out_dir: str | os.PathLike[str],
@@ -142,11 +171,14 @@ def plot_load_test(
     p95_latency_target_s: float | None = None,
     provisioned: tuple[float, float] | None = None,
 ) -> dict[str, Figure]:
-    """Both figures by name (``latency``, ``throughput``); saved as PNG when ``out_dir``."""
+    """The figures by name (``latency``, ``throughput``, and ``streaming`` for a streamed
+    load test); saved as PNG when ``out_dir``."""
     figs = {
         "latency": latency_figure(result, p95_latency_target_s=p95_latency_target_s),
         "throughput": throughput_figure(result, provisioned=provisioned),
     }
+    if any(lv.p50_time_to_first_token_s is not None for lv in _levels(result)):
+        figs["streaming"] = streaming_figure(result)
     if out_dir is not None:
         _save(figs, Path(out_dir))
     return figs
@@ -155,7 +187,8 @@ def plot_load_test(
 def _save(figs: dict[str, Figure], out: Path) -> dict[str, Path]:
     """PNG files written under a temporary name then renamed (never half-written)."""
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"latency": out / LATENCY_PNG, "throughput": out / THROUGHPUT_PNG}
+    names = {"latency": LATENCY_PNG, "throughput": THROUGHPUT_PNG, "streaming": STREAMING_PNG}
+    paths = {name: out / names[name] for name in figs}
     for name, path in paths.items():
         tmp = path.with_name(f".{path.name}.tmp")
         figs[name].savefig(tmp, format="png")

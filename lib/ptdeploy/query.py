@@ -323,8 +323,8 @@ def _invoke(w: WorkspaceClient, endpoint: str, body: dict[str, Any]) -> dict[str
     return answer
 
 
-def _invoke_stream(w: WorkspaceClient, endpoint: str, body: dict[str, Any]) -> Iterator[dict]:
-    """POST with ``stream=true`` through the SDK's API client; yield each SSE chunk.
+def stream_chunks(w: WorkspaceClient, endpoint: str, body: dict[str, Any]) -> Iterator[dict]:
+    """POST ``body`` with ``stream=true`` through the SDK's API client; yield each chunk.
 
     Same route, auth and error mapping as ``_invoke`` (``api_client.do(raw=True)``
     returns the body as a stream); events are ``data: <json>`` separated by blank lines,
@@ -534,7 +534,7 @@ def stream_complete(
     stops = _check_stop(stop)
     if stops is not None:
         body["stop"] = stops
-    return _deltas(_invoke_stream(w, endpoint, body), chat=False)
+    return _deltas(stream_chunks(w, endpoint, body), chat=False)
 
 
 def stream_chat(
@@ -556,7 +556,7 @@ def stream_chat(
     stops = _check_stop(stop)
     if stops is not None:
         body["stop"] = stops
-    return _deltas(_invoke_stream(w, endpoint, body), chat=True)
+    return _deltas(stream_chunks(w, endpoint, body), chat=True)
 
 
 def _l2_normalize(vectors: list[list[float]]) -> list[list[float]]:
