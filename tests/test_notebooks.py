@@ -160,6 +160,20 @@ def _readme_templates() -> set[str]:
     return set(re.findall(r"^\|\s*`(notebooks/[a-z0-9_]+\.ipynb)`\s*\|", section, re.MULTILINE))
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_step_cell_is_at_most_three_lines(path):
+    """A step is a call into the library; the logic lives there, the markdown teaches."""
+    nb = nbformat.read(path, as_version=4)
+    for index, cell in enumerate(nb.cells):
+        tags = cell.metadata.get("tags", [])
+        if cell.cell_type != "code" or "parameters" in tags or "bootstrap" in tags:
+            continue
+        code = [
+            ln for ln in cell.source.splitlines() if ln.strip() and not ln.lstrip().startswith("#")
+        ]
+        assert len(code) <= 3, f"{path.name} cell {index} has {len(code)} lines:\n{cell.source}"
+
+
 def test_readme_lists_every_template():
     on_disk = {f"notebooks/{p.name}" for p in NOTEBOOKS}
     assert _readme_templates() == on_disk, "edit the Templates table of README.md"

@@ -403,3 +403,19 @@ def smoke_query(
 
 def _usage(usage: query.Usage | None) -> dict[str, Any] | None:
     return None if usage is None else dict(usage.__dict__)
+
+
+# ------------------------------------------------------------- notebook steps
+
+
+def smoke_test_step(p: Params, w: WorkspaceClient, model: CatalogModel) -> Any:
+    """The smoke-test step: query the endpoint the way the model's task takes it; the
+    champion alias moves only if it passes."""
+    from ptdeploy import flow
+
+    return flow.smoke_test_step(
+        p,
+        w,
+        model.registered,
+        lambda: smoke_query(w, p.endpoint_name, model.task, p.prompt, p.max_tokens),
+    )

@@ -26,6 +26,8 @@ from ptdeploy.model_logging import TASK_EMBEDDINGS
 if TYPE_CHECKING:
     from databricks.sdk import WorkspaceClient
 
+    from ptdeploy.registry import RegisteredVersion
+
 TASK = TASK_EMBEDDINGS
 
 # Two pairs of paraphrases and one outlier: a working embedding model puts each sentence
@@ -180,4 +182,38 @@ def query_sample(
         usage=served.usage,
         registry_agreement=agreement(served.vectors, reference) if reference is not None else None,
         notes=notes,
+    )
+
+
+# ------------------------------------------------------------- notebook steps (GTE, BGE)
+
+
+def register_step(p: Any) -> tuple[RegisteredVersion, list[list[float]] | None]:
+    """The register step of the GTE/BGE templates: load, log for ``llm/v1/embeddings`` with
+    ``p.model_type``, register (challenger), and embed the sample sentences from the
+    registry (the reference the endpoint's vectors are compared with). Outside this step:
+    the version the register task handed over, and no reference."""
+    from ptdeploy import flow
+
+    if not flow.runs(p, "register"):
+        return flow.registered_version(p), None
+    loaded = flow.load(p)
+    registered = flow.log_and_register(p, loaded, task=TASK, model_type=p.model_type)
+    reference = registry_vectors(registered.model_uri)
+    print(f"registry smoke test: {len(reference)} embeddings of dimension {len(reference[0])}")
+    return registered, reference
+
+
+def smoke_test_step(
+    p: Any, w: WorkspaceClient, registered: RegisteredVersion, reference: Any = None
+) -> EmbeddingCheck | None:
+    """The smoke-test step: embed the sample sentences through the endpoint (compared with
+    the registry's ``reference`` when there is one); promotion only if it passes."""
+    from ptdeploy import flow
+
+    return flow.smoke_test_step(
+        p,
+        w,
+        registered,
+        lambda: query_sample(w, p.endpoint_name, normalize=p.normalize, reference=reference),
     )

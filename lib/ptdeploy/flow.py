@@ -20,7 +20,7 @@ version it served before (the champion) and says so.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -303,6 +303,58 @@ def expect_text(p: Params, text: str | None) -> None:
         raise PromotionError(f"the answer {text!r} does not contain the expected {expected!r}")
 
 
+# ------------------------------------------------------------- notebook step cells
+# Each template's step cells are one call: the step functions below (and the templates'
+# own register/smoke steps in completions, embeddings, reasoning and catalog) check
+# whether this run includes the step (a job task runs one), do it, and print what a
+# reader of the notebook needs.
+
+
+def deploy_step(
+    p: Params, w: WorkspaceClient, registered: registry.RegisteredVersion, **spec_kwargs: Any
+) -> Deployment | None:
+    """The deploy step: create or update the endpoint and wait (None when skipped)."""
+    if not runs(p, "deploy"):
+        return None
+    deployment = deploy(p, w, registered, **spec_kwargs)
+    print("serving versions:", deployment.served_versions)
+    return deployment
+
+
+def smoke_test_step(
+    p: Params, w: WorkspaceClient, registered: Any, ask: Callable[[], Any]
+) -> Any | None:
+    """The smoke-test step: ``ask()`` the endpoint inside ``promotion`` (the champion alias
+    moves only when it passes; a failure rolls the endpoint back) and print the answer's
+    ``report()``. None when skipped."""
+    if not runs(p, "smoke_test"):
+        return None
+    with promotion(p, w, registered):
+        answer = ask()
+        print(answer.report())
+    return answer
+
+
+def summary_step(
+    p: Params, w: WorkspaceClient, registered: Any, answer: Any = None, **extra: Any
+) -> None:
+    """The last step: delete the endpoint when ``teardown`` is set, then the run's summary
+    (what was registered and served, ``extra`` fields, and the answer's ``summary()``)."""
+    deleted = teardown(p, w)
+    finish(
+        {
+            "registered_model": registered.name,
+            "version": registered.version,
+            "alias": registered.alias,
+            **extra,
+            "endpoint": p.endpoint_name,
+            "endpoint_served_versions": served_versions(w, p.endpoint_name),
+            "endpoint_deleted": deleted,
+            **(answer.summary() if answer is not None else {}),
+        }
+    )
+
+
 def serve(
     p: Params, w: WorkspaceClient, name: str, version: str, plan: Any, **spec_kwargs: Any
 ) -> ServingEndpointDetailed:
@@ -525,6 +577,15 @@ def load_test_plots(
         provisioned=provisioned,
     )
     print(f"plots saved in {result.out_dir}")
+    try:  # inline in a notebook (Jupyter, Databricks); nothing to show in a plain process
+        from IPython import get_ipython
+        from IPython.display import display
+
+        if get_ipython() is not None:
+            for fig in figs.values():
+                display(fig)
+    except ImportError:
+        pass
     return figs
 
 
@@ -535,8 +596,67 @@ def check_capacity(
     if target.deployed is None or target.chunk_size is None:
         print(f"capacity check skipped: {target.note}")
         return None
+    from ptdeploy.cost import pricing_from
+
     check = capacity_check.check_capacity(
-        workload(p), target.deployed, target.chunk_size, result, headroom=p.headroom
+        workload(p),
+        target.deployed,
+        target.chunk_size,
+        result,
+        headroom=p.headroom,
+        pricing=pricing_from(p.get("dbu_per_hour_per_unit"), p.get("price_per_dbu")),
     )
     print("\n".join(check.explain()))
     return check
+
+
+def load_test_plan(p: Params, target: LoadTestTarget) -> planner.CapacityPlan | None:
+    """What the planner proposes for the planned workload on this endpoint's chunk size
+    (printed with its arithmetic and, with prices, its cost); None without a chunk size."""
+    if target.chunk_size is None:
+        print("no tokens/s chunk size for this endpoint:", target.note)
+        return None
+    from ptdeploy.cost import pricing_from
+
+    plan = planner.plan_capacity(
+        workload(p),
+        target.chunk_size,
+        headroom=p.headroom,
+        pricing=pricing_from(p.get("dbu_per_hour_per_unit"), p.get("price_per_dbu")),
+    )
+    print("\n".join(plan.explain()))
+    return plan
+
+
+def load_test_summary(
+    p: Params,
+    target: LoadTestTarget,
+    plan: planner.CapacityPlan | None,
+    result: loadtest.LoadTestResult,
+    check: capacity_check.CapacityCheck | None,
+) -> None:
+    """The load-test notebook's summary: what was tested, measured, planned and concluded."""
+    best = result.best_level(p.p95_latency_target_s)
+    deployed = target.deployed
+    finish(
+        {
+            "endpoint": p.endpoint_name,
+            "task": target.task.value,
+            "deployed_now": target.deployed_now,
+            "min_provisioned_throughput": deployed.min_provisioned_throughput if deployed else None,
+            "max_provisioned_throughput": deployed.max_provisioned_throughput if deployed else None,
+            "chunk_size": target.chunk_size,
+            "planned_min_provisioned_throughput": plan.min_provisioned_throughput if plan else None,
+            "planned_max_provisioned_throughput": plan.max_provisioned_throughput if plan else None,
+            "levels": result.table(),
+            "total_requests": result.total_requests,
+            "errors": sum(level.errors for level in result.levels),
+            "best_concurrency": best.concurrency if best else None,
+            "best_total_tokens_per_second": best.total_tokens_per_second if best else None,
+            "verdict": check.verdict.value if check else None,
+            "capacity_check": check.as_dict() if check else None,
+            "planned_cost": plan.cost.as_dict() if plan and plan.cost else None,
+            "results_dir": str(result.out_dir),
+            "plots": sorted(str(path) for path in result.out_dir.glob("*.png")),
+        }
+    )

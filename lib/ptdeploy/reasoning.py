@@ -162,3 +162,44 @@ def ask(
         finish_reason=result.finish_reason,
         usage=result.usage,
     )
+
+
+# ------------------------------------------------------------- notebook steps (DeepSeek)
+
+
+def register_step(p: Any) -> RegisteredVersion:
+    """The register step: load, log for ``llm/v1/chat``, register (challenger), record
+    whether the chat template opens ``<think>``, and show what the model sees. Outside
+    this step: the version the register task handed over."""
+    from ptdeploy import flow
+
+    if not flow.runs(p, "register"):
+        return flow.registered_version(p)
+    loaded = flow.load(p)
+    registered = flow.log_and_register(p, loaded, task=TASK)
+    opens_think = record_template(registered, loaded.tokenizer)
+    print("the model sees:\n" + render_prompt(loaded.tokenizer, p.prompt))
+    print("chat template opens <think>:", opens_think)
+    return registered
+
+
+def smoke_test_step(
+    p: Any, w: WorkspaceClient, registered: RegisteredVersion
+) -> ReasonedAnswer | None:
+    """The smoke-test step: ask the prompt, split reasoning from answer; promotion only
+    if it passes."""
+    from ptdeploy import flow
+
+    return flow.smoke_test_step(
+        p,
+        w,
+        registered,
+        lambda: ask(
+            w,
+            p.endpoint_name,
+            p.prompt,
+            max_tokens=p.max_tokens,
+            temperature=p.temperature,
+            prompt_opened=recorded_opens_think(registered.name, registered.version),
+        ),
+    )

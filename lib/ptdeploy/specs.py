@@ -255,6 +255,22 @@ LOAD_TEST_ENDPOINT = ParameterSpec(
             optional=True,
         ),
         Param("headroom", "float", "Planner headroom (x)", minimum=1.0, maximum=10.0),
+        Param(
+            "dbu_per_hour_per_unit",
+            "float",
+            "DBU/hour per chunk or model unit (empty: no cost)",
+            "the model's row on Databricks' Foundation Model Serving pricing page",
+            check=_positive,
+            optional=True,
+        ),
+        Param(
+            "price_per_dbu",
+            "float",
+            "Price per DBU (empty: no cost)",
+            "pricing.default in system.billing.list_prices, or your contract",
+            check=_positive,
+            optional=True,
+        ),
         _SERVING["wait_timeout_minutes"],
         Param(
             "out_dir",

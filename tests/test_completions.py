@@ -1,0 +1,93 @@
+"""The Llama template's smoke test follows the endpoint's task (completions or chat)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from databricks.sdk import WorkspaceClient
+from ptdeploy import completions
+from ptdeploy.errors import PromotionError
+from ptdeploy.loadtest import Task
+from ptdeploy.workspace import store as st
+from ptdeploy.workspace.app import create_app
+from ptdeploy.workspace.optimization_info import ModelDescription
+from ptdeploy.workspace.schemas import parse_request
+
+TOKEN = "completions-token"
+
+
+class EchoWorker:
+    """Validates as the real worker does; answers with the task's shape."""
+
+    def __init__(self, entity: st.ServedEntity) -> None:
+        self.task, self.error, self.state = entity.task, None, "STOPPED"
+        self.bodies: list[dict[str, Any]] = []
+
+    def start(self) -> None:
+        self.state = "READY"
+
+    def stop(self) -> None:
+        self.state = "STOPPED"
+
+    async def infer(self, body: dict[str, Any]) -> dict[str, Any]:
+        request = parse_request(self.task, body)  # a chat endpoint refuses a prompt
+        usage = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+        if self.task == "llm/v1/chat":
+            said = request.messages[-1].text
+            message = {"role": "assistant", "content": f"Paris, said to {said!r}"}
+            choice = {"index": 0, "message": message, "finish_reason": "stop"}
+            return {"object": "chat.completion", "choices": [choice], "usage": usage}
+        choices = [
+            {"index": i, "text": " Paris", "finish_reason": "length"}
+            for i, _ in enumerate(request.prompts)
+        ]
+        return {"object": "text_completion", "choices": choices, "usage": usage}
+
+
+class Catalog:
+    def describe(self, name: str, version: str) -> ModelDescription:
+        task = "llm/v1/chat" if name.endswith("chat") else "llm/v1/completions"
+        return ModelDescription(name, version, task, "LlamaForCausalLM", True, "llama", 20, "")
+
+
+@pytest.fixture()
+def w(tmp_path, serve_app) -> WorkspaceClient:
+    app = create_app(
+        token=TOKEN,
+        store=st.EndpointStore(tmp_path / "endpoints"),
+        catalog=Catalog(),
+        worker_factory=EchoWorker,
+        poll_interval=0.05,
+    )
+    client = WorkspaceClient(host=serve_app(app), token=TOKEN, auth_type="pat")
+    for name in ("chat", "completions"):
+        entity = {"entity_name": f"main.default.{name}", "entity_version": "1"}
+        entity |= {"min_provisioned_throughput": 0, "max_provisioned_throughput": 20}
+        body = {"name": name, "config": {"served_entities": [entity]}}
+        client.api_client.do("POST", "/api/2.0/serving-endpoints", body=body)
+    return client
+
+
+def params(endpoint: str, expect: str = "") -> Any:
+    values = {"endpoint_name": endpoint, "prompt": "The capital of France is", "max_tokens": 4}
+    values["expect"] = expect
+    return SimpleNamespace(**values, get=lambda key, default=None: values.get(key, default))
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "task"), [("completions", Task.COMPLETIONS), ("chat", Task.CHAT)]
+)
+def test_the_smoke_test_queries_the_endpoint_the_way_its_task_takes_it(w, endpoint, task):
+    answers = completions.sample(params(endpoint, expect="paris"), w)
+    assert answers.task is task
+    assert "Paris" in answers.text and len(answers.others) == len(completions.SAMPLE_PROMPTS)
+    assert answers.summary()["task"] == task.value
+    if task is Task.CHAT:  # the prompt went as a user message
+        assert "The capital of France is" in answers.text
+
+
+def test_an_answer_without_the_expected_text_fails_the_smoke_test(w):
+    with pytest.raises(PromotionError, match="expected 'Berlin'"):
+        completions.sample(params("chat", expect="Berlin"), w)
