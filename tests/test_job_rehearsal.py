@@ -7,18 +7,81 @@ from __future__ import annotations
 from pathlib import Path
 
 import mlflow
+import nbformat
 import pytest
 from ptdeploy import job, registry, targets
+from ptdeploy.notebook import read_summary
 
 REPO = Path(__file__).resolve().parents[1]
 
-# Small models and short loads keep the rehearsal affordable on two cores.
+# Small models and short loads keep the rehearsal affordable on two cores. The smoke test
+# of each job is also where the template's own answer is checked (the same notebooks run
+# headless in tests/test_notebooks.py only where that covers something a job does not).
+# load_test_endpoint's job (one task) is rehearsed by tests/test_load_test_notebook.py.
 CHEAP = {
     "bge_embeddings": {},
     "gte_embeddings": {},
     "deepseek_r1_distill_llama": {"model_source": "tiny-llama", "max_tokens": "8"},
-    "deploy_from_unity_catalog": {"model_name": "all_minilm_l6_v2", "endpoint_name": "uc-minilm"},
-    "load_test_endpoint": {"concurrency": "1", "requests_per_level": "2", "max_tokens": "4"},
+    "deploy_from_unity_catalog": {
+        "model_name": "all_minilm_l6_v2",
+        "endpoint_name": "uc-minilm",
+        "prompt": "a kitten sleeps on a rug",
+    },
+}
+
+
+def summary_of(task: job.TaskRun) -> dict:
+    """The summary a task's notebook showed (what ``ptdeploy run`` reads back)."""
+    summary = read_summary(nbformat.read(task.output, as_version=4))
+    assert summary is not None, f"{task.task_key} showed no summary"
+    return summary
+
+
+def check_bge(run: job.JobRun) -> None:
+    s = summary_of(run.tasks[-1])
+    assert s["model_type"] == "bge-large" and s["normalized_client_side"] is False
+    assert s["nearest"]["a kitten rests on a rug"] == "a cat sits on the mat"
+    assert s["embedding_dim"] == 384
+
+
+def check_gte(run: job.JobRun) -> None:
+    s = summary_of(run.tasks[-1])
+    cat, kitten, stocks = (
+        "a cat sits on the mat",
+        "a kitten rests on a rug",
+        "stock prices fell sharply",
+    )
+    assert s["nearest"][cat] == kitten and s["nearest"][kitten] == cat
+    assert s["nearest"][stocks] == "the stock market dropped today"
+    assert s["model_type"] == "gte-large" and s["served_normalized"] is True
+
+
+def check_deepseek(run: job.JobRun) -> None:
+    s = summary_of(run.tasks[-1])
+    assert s["registered_model"] == "main.default.deepseek_r1_distill_llama"
+    assert s["completion_tokens"] == 8 and s["finish_reason"] == "length"
+    # ChatML does not open <think>: the reply is an answer, without reasoning.
+    assert s["reasoning"] == "" and s["reasoning_complete"] is True and s["answer"]
+    register_output = run.tasks[0].output.read_text()
+    assert "<|im_start|>user" in register_output, "the notebook shows the prompt the model sees"
+
+
+def check_unity_catalog(run: job.JobRun) -> None:
+    s = summary_of(run.tasks[-1])
+    assert s["registered_model"] == "system.ai.all_minilm_l6_v2"
+    assert s["version"] == "1" and s["task"] == "llm/v1/embeddings"
+    assert s["embedding_dim"] == 384
+    assert s["nearest"]["a kitten sleeps on a rug"] in (
+        "a kitten rests on a rug",
+        "a cat sits on the mat",
+    )
+
+
+CHECKS = {
+    "bge_embeddings": check_bge,
+    "gte_embeddings": check_gte,
+    "deepseek_r1_distill_llama": check_deepseek,
+    "deploy_from_unity_catalog": check_unity_catalog,
 }
 
 
@@ -39,6 +102,7 @@ def test_the_job_runs_offline_task_by_task(template, tmp_path, ptdeploy_home):
         # the version travelled from register to the next tasks through task values
         assert deploy.task_values["version"] == register.task_values["model_version"]
         assert smoke.task_values["endpoint_served_versions"] == [deploy.task_values["version"]]
+    CHECKS[template](run)
 
 
 @pytest.mark.slow

@@ -69,7 +69,8 @@ def _listening(port: int) -> bool:
 
 
 @pytest.mark.slow
-def test_ptdeploy_lab_serves_with_a_token_and_ctrl_c_leaves_nothing_running(tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "kill"])
+def test_ptdeploy_lab_serves_with_a_token_and_ctrl_c_leaves_nothing_running(tmp_path, stop):
     port = lab.free_port()
     env = {**os.environ, "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "ws")}
     proc = subprocess.Popen(
@@ -104,7 +105,7 @@ def test_ptdeploy_lab_serves_with_a_token_and_ctrl_c_leaves_nothing_running(tmp_
         ).json()
         assert "llama_completions.ipynb" in {c["name"] for c in contents["content"]}
 
-        proc.send_signal(signal.SIGINT)  # Ctrl-C in the terminal
+        proc.send_signal(stop)  # Ctrl-C in the terminal, or a kill
         out, _ = proc.communicate(timeout=60)
         assert proc.returncode == 0, out
         assert "nothing left running" in out

@@ -4,16 +4,20 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
+import nbformat
 import pytest
-from ptdeploy import flow, loadtest, runner, specs
+from ptdeploy import flow, job, loadtest, runner, specs
 from ptdeploy.errors import EndpointNotFoundError, ParameterError
+from ptdeploy.notebook import read_summary
 from ptdeploy.parameters import Params
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "load_test_endpoint.ipynb"
 LOCAL = REPO / "parameters" / "load_test_endpoint" / "local.yaml"
 ENDPOINT = "nb-load-test"
+PRICES = {"dbu_per_hour_per_unit": "10", "price_per_dbu": "0.5"}
 SHORT = {
     "endpoint_name": ENDPOINT,
     "concurrency": "1,2",
@@ -31,13 +35,16 @@ def params(**overrides: str) -> Params:
 
 @pytest.fixture(scope="module")
 def notebook_run(tmp_path_factory):
-    """One headless run: deploys tiny-llama (the endpoint is missing), load-tests it."""
+    """The template's job rehearsed offline (one task, in its own kernel, its parameters
+    through the offline dbutils widgets, as ``resources/load_test_endpoint.job.yml``
+    declares it): deploys tiny-llama (the endpoint is missing), load-tests it, prices it."""
     out = tmp_path_factory.mktemp("load-test-notebook")
-    run = runner.run_notebook(
-        NOTEBOOK, LOCAL, {**SHORT, "out_dir": str(out / "results")}, out_dir=out, progress=False
-    )
-    assert run.ok, run.describe_failure()
-    return run
+    overrides = {**SHORT, **PRICES, "out_dir": str(out / "results")}
+    run = job.rehearse_job("load_test_endpoint", overrides=overrides, out_dir=out, root=REPO)
+    assert run.ok, run.table()
+    (task,) = run.tasks
+    summary = read_summary(nbformat.read(task.output, as_version=4))
+    return SimpleNamespace(output=task.output, summary=summary, results=out / "results")
 
 
 @pytest.mark.slow  # runs the notebook end to end (module fixture)
@@ -58,7 +65,7 @@ def test_notebook_deploys_load_tests_plots_and_checks_capacity(notebook_run):
     assert check["deployed_max_provisioned_throughput"] == s["max_provisioned_throughput"]
     assert check["measured_tokens_per_second"] == s["best_total_tokens_per_second"]
     results = Path(s["results_dir"])
-    assert results == notebook_run.output.parent / "results"
+    assert results == notebook_run.results
     for name in ("latency_vs_concurrency.png", "throughput_vs_concurrency.png"):
         png = results / name
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -67,6 +74,10 @@ def test_notebook_deploys_load_tests_plots_and_checks_capacity(notebook_run):
     text = notebook_run.output.read_text()
     assert text.count('"image/png"') >= 2, "both plots are shown inline"
     assert "Verdict:" in text
+    # the prices given: the plan and the verdict state the cost (10 DBU/h x 0.5 per chunk)
+    assert "Cost as deployed:" in text and "Cost as planned:" in text
+    chunks = s["max_provisioned_throughput"] // s["chunk_size"]
+    assert s["planned_cost"]["per_hour_at_max"] == pytest.approx(5.0 * chunks)
     assert "Bearer" not in text and "DATABRICKS_TOKEN" not in text
 
 

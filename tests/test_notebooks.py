@@ -239,64 +239,6 @@ def test_gte_notebook_on_minilm_puts_paraphrases_together(tmp_path):
     assert s["endpoint_deleted"] is True
 
 
-@pytest.mark.slow
-def test_bge_notebook_on_minilm(tmp_path):
-    result = _run(
-        "bge_embeddings",
-        tmp_path,
-        {"model_name": "nb_bge", "endpoint_name": "nb-bge", "teardown": "true"},
-    )
-    assert result.ok, result.describe_failure()
-    s = result.summary
-    assert s["model_type"] == "bge-large" and s["normalized_client_side"] is False
-    assert s["nearest"]["a kitten rests on a rug"] == "a cat sits on the mat"
-    assert s["endpoint_served_versions"] == [] and s["endpoint_deleted"] is True
-
-
-@pytest.mark.slow  # starts a kernel
-def test_deepseek_notebook_on_tiny_llama(tmp_path):
-    result = _run(
-        "deepseek_r1_distill_llama",
-        tmp_path,
-        {
-            "model_source": "tiny-llama",
-            "model_name": "nb_tiny_r1",
-            "endpoint_name": "nb-tiny-r1",
-            "max_tokens": "8",
-            "teardown": "true",
-        },
-    )
-    assert result.ok, result.describe_failure()
-    s = result.summary
-    assert s["registered_model"] == "main.default.nb_tiny_r1" and s["version"] == "1"
-    assert s["completion_tokens"] == 8 and s["finish_reason"] == "length"
-    # ChatML does not open <think>: the reply is an answer, without reasoning.
-    assert s["reasoning"] == "" and s["reasoning_complete"] is True and s["answer"]
-    assert s["endpoint_deleted"] is True
-    text = result.output.read_text()
-    assert "<|im_start|>user" in text, "the notebook shows the prompt the model sees"
-
-
-@pytest.mark.slow
-def test_unity_catalog_notebook_deploys_a_seeded_model(tmp_path):
-    overrides = {
-        "model_name": "all_minilm_l6_v2",
-        "endpoint_name": "nb-uc-minilm",
-        "prompt": "a kitten sleeps on a rug",
-        "teardown": "true",
-    }
-    first = _run("deploy_from_unity_catalog", tmp_path, overrides, "1")
-    assert first.ok, first.describe_failure()
-    s = first.summary
-    assert s["registered_model"] == "system.ai.all_minilm_l6_v2"
-    assert s["version"] == "1" and s["task"] == "llm/v1/embeddings"
-    assert s["endpoint_deleted"] is True and s["embedding_dim"] == 384
-    assert s["nearest"]["a kitten sleeps on a rug"] in (
-        "a kitten rests on a rug",
-        "a cat sits on the mat",
-    )
-
-
 # ------------------------------------------------------------------ bad input, clear errors
 
 

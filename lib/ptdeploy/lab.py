@@ -308,6 +308,11 @@ def serve(
         flush=True,
     )
     code = 0
+
+    def interrupted(signum: int, frame: object) -> None:  # kill, closed terminal: as Ctrl-C
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, interrupted) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         while server.alive():
             time.sleep(0.5)
@@ -316,6 +321,8 @@ def serve(
     except KeyboardInterrupt:
         print("\nstopping JupyterLab ...", file=out, flush=True)
     finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         server.stop()
         if not workspace_before and workspace_running():
             from ptdeploy.workspace import control

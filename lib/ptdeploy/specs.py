@@ -286,7 +286,8 @@ LOAD_TEST_ENDPOINT = ParameterSpec(
 
 def _batch_checks(values: dict[str, Any]) -> None:
     column, template = values.get("request_column"), values.get("prompt_template")
-    if (column is None) == (template is None):
+    both_known = "request_column" in values and "prompt_template" in values  # partial: skip
+    if both_known and (column is None) == (template is None):
         raise ParameterError(
             f"parameters 'request_column'={column!r} and 'prompt_template'={template!r}: set "
             "exactly one: the column that is the request, or a template such as "

@@ -390,17 +390,17 @@ class EntityWorker:
                 self._info = {k: v for k, v in info.items() if k != "task"}
                 if self._state == LOADING:
                     self._state = READY
-            self._settled.set()
-            if self._spares is not None:
+            if self._spares is not None:  # the model is in: now a replacement may import
                 self._spares.refill()
+            self._settled.set()
         elif kind == "failed":
             with self._lock:
                 self._error = message[1]
                 if self._state == LOADING:
                     self._state = FAILED
-            self._settled.set()
             if self._spares is not None:
                 self._spares.refill()
+            self._settled.set()
         elif kind == "batch":
             with self._lock:
                 self._batch_sizes[message[1]] += 1
@@ -439,9 +439,9 @@ class EntityWorker:
                 elif self._state == READY:
                     self._error = f"the worker process serving {self._model()} {reason}"
                 self._state = FAILED
-        self._settled.set()
         if self._spares is not None:
             self._spares.refill()
+        self._settled.set()
         self._fail_pending(WorkerError(f"worker {self.entity_name} is gone: {self._error}"))
 
     def _model(self) -> str:
