@@ -90,6 +90,7 @@ def test_resolve_refuses_base_llama_before_seeding_or_calling(ptdeploy_home):
     assert BASE_LLAMA not in names, "refused before anything was registered"
 
 
+@pytest.mark.slow  # logs and registers a model in MLflow
 def test_unknown_model_lists_the_schema(registered_tiny_completions):
     with pytest.raises(ModelVersionNotFoundError) as err:
         catalog.resolve_version("main.default.no_such_model", None, target="local")
@@ -105,6 +106,7 @@ def test_unknown_system_ai_model_lists_the_local_seeds():
         assert name in str(err.value)
 
 
+@pytest.mark.slow  # logs and registers a model in MLflow
 def test_unknown_version_lists_the_versions(registered_tiny_completions):
     name, version = registered_tiny_completions
     with pytest.raises(ModelVersionNotFoundError) as err:
@@ -122,6 +124,7 @@ def test_model_version_parameter_is_typed():
         _params(model_version="v3")
 
 
+@pytest.mark.slow  # logs and registers a model in MLflow
 def test_model_task_reads_the_logged_task(registered_tiny_completions, registered_tiny_chat):
     assert catalog.model_task(*registered_tiny_completions) == "llm/v1/completions"
     assert catalog.model_task(*registered_tiny_chat) == "llm/v1/chat"

@@ -282,6 +282,7 @@ def test_chat_streams_too(chat):
     assert "".join(t for _, t in deltas) == resp["choices"][0]["message"]["content"]
 
 
+@pytest.mark.slow  # logs and registers a model in MLflow
 def test_registry_model_answers_like_the_in_memory_one(completions, registered_tiny_completions):
     """Same seed, same weights: the engine loaded from the MLflow registry agrees."""
     engine = Engine.from_registry(*registered_tiny_completions)
@@ -512,6 +513,7 @@ def test_engine_refuses_a_chat_model_without_template():
 # ------------------------------------------------------------------ loading & helpers
 
 
+@pytest.mark.slow  # logs and registers a model in MLflow
 def test_unknown_registry_version_names_the_model(registered_tiny_completions):
     name, _ = registered_tiny_completions
     with pytest.raises(ModelLoadError) as err:

@@ -108,11 +108,15 @@ def test_llama_notebook_on_tiny_llama_twice_updates_the_same_endpoint(tmp_path):
     assert first.summary["version"] == "1"
     assert first.summary["endpoint_served_versions"] == ["1"]
     assert first.summary["sample_completion"]
+    assert first.summary["task"] == "llm/v1/completions"
+    # registration moved the challenger; the smoke test passed, so champion moved too
+    assert first.summary["alias"] == "challenger" and first.summary["champion_version"] == "1"
 
     second = runner.run_notebook(nb, params, overrides, out_dir=tmp_path / "2", progress=False)
     assert second.ok, second.describe_failure()
     assert second.summary["version"] == "2"
     assert second.summary["endpoint_served_versions"] == ["2"]
+    assert second.summary["champion_version"] == "2"
 
     third = runner.run_notebook(
         nb,

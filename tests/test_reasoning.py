@@ -56,6 +56,7 @@ def test_no_chat_template_is_refused(tokenizer):
         reasoning.render_prompt(bare, "Hi")
 
 
+@pytest.mark.slow  # logs and registers a model in MLflow
 def test_the_template_is_recorded_on_the_registered_version(registered_tiny_chat, r1_tokenizer):
     targets.configure_mlflow("local")
     name, version = registered_tiny_chat

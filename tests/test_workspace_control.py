@@ -20,6 +20,8 @@ import requests
 from ptdeploy.errors import WorkspaceError
 from ptdeploy.workspace import control, files
 
+pytestmark = pytest.mark.slow  # starts real server processes
+
 
 @pytest.fixture(scope="module")
 def ws():

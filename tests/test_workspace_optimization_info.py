@@ -105,6 +105,7 @@ def test_parameter_estimate_from_config_is_close_to_the_real_count():
     assert abs(estimate - real) / real < 0.05
 
 
+@pytest.mark.slow  # logs and registers a model in MLflow
 def test_registry_lookup(registered_tiny_completions):
     from ptdeploy import state
 

@@ -341,11 +341,14 @@ def summary_step(
     """The last step: delete the endpoint when ``teardown`` is set, then the run's summary
     (what was registered and served, ``extra`` fields, and the answer's ``summary()``)."""
     deleted = teardown(p, w)
+    promoted = p.get("alias")  # the champion alias: it moves only after a passed smoke test
+    champion = registry.alias_version(registered.name, promoted) if promoted else None
     finish(
         {
             "registered_model": registered.name,
             "version": registered.version,
             "alias": registered.alias,
+            **({f"{promoted}_version": champion} if promoted else {}),
             **extra,
             "endpoint": p.endpoint_name,
             "endpoint_served_versions": served_versions(w, p.endpoint_name),
