@@ -223,9 +223,9 @@ def test_widgets_render_from_the_spec_and_an_edit_drives_the_run(lab, browser):
     )
     TIMINGS["llama_completions: Run All, tiny-llama (s)"] = time.perf_counter() - started
     text = cell_outputs(browser)
-    scroll_to_cell(browser, "flow.deploy(")  # the endpoint wait's progress bar
+    scroll_to_cell(browser, "flow.deploy_step(")  # the endpoint wait's progress bar
     browser.save_screenshot(str(SHOTS / "2-run-all-progress.png"))
-    scroll_to_cell(browser, "query.complete(")
+    scroll_to_cell(browser, "completions.smoke_test_step(")
     browser.save_screenshot(str(SHOTS / "3-run-all-output-max_tokens-3.png"))
     assert "Traceback" not in text and "Error" not in text, text[-3000:]
     # the resolved parameters the notebook printed, and what the endpoint answered
