@@ -130,6 +130,7 @@ def test_model_task_reads_the_logged_task(registered_tiny_completions, registere
     assert catalog.model_task(*registered_tiny_chat) == "llm/v1/chat"
 
 
+@pytest.mark.slow  # seeds system.ai: logs and registers models in MLflow
 def test_seeding_is_idempotent_and_documented():
     import mlflow
 
