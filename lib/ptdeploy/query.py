@@ -439,6 +439,19 @@ def _parse_logprobs(raw: Any) -> list[TokenLogprob] | None:
 # ------------------------------------------------------------------------ queries
 
 
+def _generation_body(max_tokens: Any, temperature: Any, stop: Any, **fields: Any) -> dict[str, Any]:
+    """The checked fields every completions/chat call sends, after its own fields."""
+    body: dict[str, Any] = {
+        **fields,
+        "max_tokens": _check_max_tokens(max_tokens),
+        "temperature": _check_temperature(temperature),
+    }
+    stops = _check_stop(stop)
+    if stops is not None:
+        body["stop"] = stops
+    return body
+
+
 def complete(
     w: WorkspaceClient,
     endpoint: str,
@@ -451,15 +464,13 @@ def complete(
     """Completions (``llm/v1/completions``): one text per prompt and candidate."""
     check_endpoint_name(endpoint)
     prompts = _check_texts(prompt, "prompt")
-    body: dict[str, Any] = {
-        "prompt": prompt if isinstance(prompt, str) else prompts,
-        "max_tokens": _check_max_tokens(max_tokens),
-        "temperature": _check_temperature(temperature),
-        "n": _check_n(n),
-    }
-    stops = _check_stop(stop)
-    if stops is not None:
-        body["stop"] = stops
+    body = _generation_body(
+        max_tokens,
+        temperature,
+        stop,
+        prompt=prompt if isinstance(prompt, str) else prompts,
+        n=_check_n(n),
+    )
     answer = _invoke(w, endpoint, body)
     choices = _choices(answer, endpoint)
     return Completion(
@@ -483,19 +494,12 @@ def chat(
     """Chat (``llm/v1/chat``): the assistant's message, with per-token log probabilities
     (and up to ``top_logprobs`` alternatives each) when ``logprobs=True``."""
     check_endpoint_name(endpoint)
-    body: dict[str, Any] = {
-        "messages": _check_messages(messages),
-        "max_tokens": _check_max_tokens(max_tokens),
-        "temperature": _check_temperature(temperature),
-    }
+    body = _generation_body(max_tokens, temperature, stop, messages=_check_messages(messages))
     _check_logprobs(logprobs, top_logprobs)
     if logprobs:
         body["logprobs"] = True
         if top_logprobs is not None:
             body["top_logprobs"] = top_logprobs
-    stops = _check_stop(stop)
-    if stops is not None:
-        body["stop"] = stops
     answer = _invoke(w, endpoint, body)
     choice = _choices(answer, endpoint)[0]
     raw_message = choice.get("message") or {}
@@ -526,14 +530,7 @@ def stream_complete(
     """
     check_endpoint_name(endpoint)
     _check_texts(prompt, "prompt")
-    body: dict[str, Any] = {
-        "prompt": prompt,
-        "max_tokens": _check_max_tokens(max_tokens),
-        "temperature": _check_temperature(temperature),
-    }
-    stops = _check_stop(stop)
-    if stops is not None:
-        body["stop"] = stops
+    body = _generation_body(max_tokens, temperature, stop, prompt=prompt)
     return _deltas(stream_chunks(w, endpoint, body), chat=False)
 
 
@@ -548,14 +545,7 @@ def stream_chat(
     """Chat streamed as it is generated: the assistant's message in ``StreamDelta`` pieces
     (for a chat UI or an agent); the last delta carries ``usage``."""
     check_endpoint_name(endpoint)
-    body: dict[str, Any] = {
-        "messages": _check_messages(messages),
-        "max_tokens": _check_max_tokens(max_tokens),
-        "temperature": _check_temperature(temperature),
-    }
-    stops = _check_stop(stop)
-    if stops is not None:
-        body["stop"] = stops
+    body = _generation_body(max_tokens, temperature, stop, messages=_check_messages(messages))
     return _deltas(stream_chunks(w, endpoint, body), chat=True)
 
 
