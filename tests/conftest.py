@@ -123,3 +123,25 @@ def serve_app():
     for server, thread in running:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+@pytest.fixture()
+def local_client(tmp_path, serve_app):
+    """``local_client(worker_factory, catalog)``: the local workspace's real app, served
+    in-process with the given fakes (``tests/fakes.py``), as a ``WorkspaceClient``."""
+    from databricks.sdk import WorkspaceClient
+    from fakes import TOKEN
+    from ptdeploy.workspace import store as st
+    from ptdeploy.workspace.app import create_app
+
+    def make(worker_factory, catalog) -> WorkspaceClient:
+        app = create_app(
+            token=TOKEN,
+            store=st.EndpointStore(tmp_path / "endpoints"),
+            catalog=catalog,
+            worker_factory=worker_factory,
+            poll_interval=0.05,
+        )
+        return WorkspaceClient(host=serve_app(app), token=TOKEN, auth_type="pat")
+
+    return make

@@ -7,62 +7,21 @@ loopback port, with a worker that is ready at once), as a user's code would be.
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
+import fakes
 import pytest
 from databricks.sdk import WorkspaceClient
 from databricks.sdk.service.serving import EndpointCoreConfigInput, ServedEntityInput
 from ptdeploy import cleanup, cli, endpoints
 from ptdeploy.throughput import ThroughputPlan
-from ptdeploy.workspace import store as st
-from ptdeploy.workspace.app import create_app
-from ptdeploy.workspace.optimization_info import ModelDescription, ModelVersionNotFound
 
-TOKEN = "cleanup-token"
 MODEL = "main.default.tiny"
-CHUNK = 20
-
-
-class ReadyWorker:
-    def __init__(self, entity: st.ServedEntity) -> None:
-        self.task, self.error, self.state = entity.task, None, "STOPPED"
-
-    def start(self) -> None:
-        self.state = "READY"
-
-    def stop(self) -> None:
-        self.state = "STOPPED"
-
-    async def infer(self, body: dict[str, Any]) -> dict[str, Any]:
-        return {"choices": [{"text": "ok"}]}
-
-
-class Catalog:
-    def describe(self, name: str, version: str) -> ModelDescription:
-        if (name, version) != (MODEL, "1"):
-            raise ModelVersionNotFound(f"{name} version {version} is not registered")
-        return ModelDescription(
-            name=name,
-            version=version,
-            task="llm/v1/completions",
-            architecture="LlamaForCausalLM",
-            optimizable=True,
-            model_type="llama",
-            throughput_chunk_size=CHUNK,
-            reason="",
-        )
+CHUNK = fakes.CHUNK
 
 
 @pytest.fixture()
-def w(tmp_path, serve_app):
-    app = create_app(
-        token=TOKEN,
-        store=st.EndpointStore(tmp_path / "endpoints"),
-        catalog=Catalog(),
-        worker_factory=ReadyWorker,
-        poll_interval=0.05,
-    )
-    return WorkspaceClient(host=serve_app(app), token=TOKEN, auth_type="pat")
+def w(local_client):
+    return local_client(fakes.ReadyWorker, fakes.Catalog(models={(MODEL, "1")}))
 
 
 def deploy(w: WorkspaceClient, name: str) -> None:

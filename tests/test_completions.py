@@ -5,31 +5,17 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
+import fakes
 import pytest
 from databricks.sdk import WorkspaceClient
 from ptdeploy import completions
 from ptdeploy.errors import PromotionError
 from ptdeploy.loadtest import Task
-from ptdeploy.workspace import store as st
-from ptdeploy.workspace.app import create_app
-from ptdeploy.workspace.optimization_info import ModelDescription
 from ptdeploy.workspace.schemas import parse_request
 
-TOKEN = "completions-token"
 
-
-class EchoWorker:
+class EchoWorker(fakes.ReadyWorker):
     """Validates as the real worker does; answers with the task's shape."""
-
-    def __init__(self, entity: st.ServedEntity) -> None:
-        self.task, self.error, self.state = entity.task, None, "STOPPED"
-        self.bodies: list[dict[str, Any]] = []
-
-    def start(self) -> None:
-        self.state = "READY"
-
-    def stop(self) -> None:
-        self.state = "STOPPED"
 
     async def infer(self, body: dict[str, Any]) -> dict[str, Any]:
         request = parse_request(self.task, body)  # a chat endpoint refuses a prompt
@@ -46,22 +32,13 @@ class EchoWorker:
         return {"object": "text_completion", "choices": choices, "usage": usage}
 
 
-class Catalog:
-    def describe(self, name: str, version: str) -> ModelDescription:
-        task = "llm/v1/chat" if name.endswith("chat") else "llm/v1/completions"
-        return ModelDescription(name, version, task, "LlamaForCausalLM", True, "llama", 20, "")
-
-
 @pytest.fixture()
-def w(tmp_path, serve_app) -> WorkspaceClient:
-    app = create_app(
-        token=TOKEN,
-        store=st.EndpointStore(tmp_path / "endpoints"),
-        catalog=Catalog(),
-        worker_factory=EchoWorker,
-        poll_interval=0.05,
+def w(local_client) -> WorkspaceClient:
+    chat_or_completions = "llm/v1/{}".format
+    client = local_client(
+        EchoWorker,
+        fakes.Catalog(task_of=lambda name: chat_or_completions(name.rsplit(".", 1)[-1])),
     )
-    client = WorkspaceClient(host=serve_app(app), token=TOKEN, auth_type="pat")
     for name in ("chat", "completions"):
         entity = {"entity_name": f"main.default.{name}", "entity_version": "1"}
         entity |= {"min_provisioned_throughput": 0, "max_provisioned_throughput": 20}

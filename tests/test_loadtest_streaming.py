@@ -9,29 +9,17 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import fakes
 import pytest
 from databricks.sdk import WorkspaceClient
 from ptdeploy import loadtest, plots
 from ptdeploy.errors import ParameterError
-from ptdeploy.workspace import store as st
-from ptdeploy.workspace.app import create_app
-from ptdeploy.workspace.optimization_info import ModelDescription
 
-TOKEN = "stream-token"
 FIRST_DELAY, GAP, PIECES = 0.15, 0.05, 5
 
 
-class PacedWorker:
+class PacedWorker(fakes.ReadyWorker):
     """A chat worker: the first piece after FIRST_DELAY, then one every GAP seconds."""
-
-    def __init__(self, entity: st.ServedEntity) -> None:
-        self.task, self.error, self.state = entity.task, None, "STOPPED"
-
-    def start(self) -> None:
-        self.state = "READY"
-
-    def stop(self) -> None:
-        self.state = "STOPPED"
 
     async def infer(self, body: dict[str, Any]) -> dict[str, Any]:
         return self._answer()
@@ -58,30 +46,9 @@ class PacedWorker:
         }
 
 
-class Catalog:
-    def describe(self, name: str, version: str) -> ModelDescription:
-        return ModelDescription(
-            name=name,
-            version=version,
-            task="llm/v1/chat",
-            architecture="LlamaForCausalLM",
-            optimizable=True,
-            model_type="llama",
-            throughput_chunk_size=20,
-            reason="",
-        )
-
-
 @pytest.fixture()
-def w(tmp_path, serve_app) -> WorkspaceClient:
-    app = create_app(
-        token=TOKEN,
-        store=st.EndpointStore(tmp_path / "endpoints"),
-        catalog=Catalog(),
-        worker_factory=PacedWorker,
-        poll_interval=0.05,
-    )
-    client = WorkspaceClient(host=serve_app(app), token=TOKEN, auth_type="pat")
+def w(local_client) -> WorkspaceClient:
+    client = local_client(PacedWorker, fakes.Catalog(task_of=lambda name: "llm/v1/chat"))
     entity = {"entity_name": "main.default.chat", "entity_version": "1"}
     entity |= {"min_provisioned_throughput": 0, "max_provisioned_throughput": 20}
     client.api_client.do(

@@ -1,0 +1,63 @@
+"""One set of fakes for client tests that drive the local workspace's real app in-process.
+
+The app (routes, validation, state machine, rendering) is the real one; only what would
+load a model is replaced: a worker that is ready at once and a catalog that describes
+Llama-architecture models without a registry. ``local_client`` (a fixture in conftest.py)
+serves the app on a loopback port and returns a ``WorkspaceClient`` for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from ptdeploy.workspace import store as st
+from ptdeploy.workspace.optimization_info import ModelDescription, ModelVersionNotFound
+
+TOKEN = "in-process-token"
+CHUNK = 20
+
+
+class ReadyWorker:
+    """A served entity's worker that is READY as soon as it starts; answers ``ok``.
+
+    Subclass it to answer (``infer``) or stream (``stream``) the way a test needs.
+    """
+
+    def __init__(self, entity: st.ServedEntity) -> None:
+        self.task, self.error, self.state = entity.task, None, "STOPPED"
+
+    def start(self) -> None:
+        self.state = "READY"
+
+    def stop(self) -> None:
+        self.state = "STOPPED"
+
+    async def infer(self, body: dict[str, Any]) -> dict[str, Any]:
+        return {"choices": [{"text": "ok"}]}
+
+
+class Catalog:
+    """Describes any model (or only ``models``) as an optimizable Llama whose task
+    ``task_of(name)`` gives, with a chunk of ``CHUNK`` tokens/s."""
+
+    def __init__(
+        self,
+        task_of: Callable[[str], str] = lambda name: "llm/v1/completions",
+        models: set[tuple[str, str]] | None = None,
+    ) -> None:
+        self.task_of, self.models = task_of, models
+
+    def describe(self, name: str, version: str) -> ModelDescription:
+        if self.models is not None and (name, version) not in self.models:
+            raise ModelVersionNotFound(f"{name} version {version} is not registered")
+        return ModelDescription(
+            name=name,
+            version=version,
+            task=self.task_of(name),
+            architecture="LlamaForCausalLM",
+            optimizable=True,
+            model_type="llama",
+            throughput_chunk_size=CHUNK,
+            reason="",
+        )
