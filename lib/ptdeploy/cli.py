@@ -101,48 +101,36 @@ def main(argv: list[str] | None = None) -> int:
 # --------------------------------------------------------------------------- plan
 
 
-def _number(minimum: float = 0.0, *, strict: bool = False):
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"got {text!r}; expected a number") from None
-        if value != value or value in (float("inf"), float("-inf")):
-            raise argparse.ArgumentTypeError(f"got {text!r}; expected a finite number")
-        if value < minimum or (strict and value == minimum):
-            bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
-            raise argparse.ArgumentTypeError(f"got {text!r}; expected a number {bound}")
-        return value
-
-    return parse
-
-
 def configure_plan_parser(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``ptdeploy plan``: a workload, the chunk size and, optionally, prices."""
     from ptdeploy.cost import PRICING_SOURCES
+    from ptdeploy.loadtest import float_arg
     from ptdeploy.planner import DEFAULT_HEADROOM
 
     parser.add_argument(
-        "--peak-rps", type=_number(strict=True), required=True, help="requests per second at peak"
+        "--peak-rps",
+        type=float_arg(0.0, strict=True),
+        required=True,
+        help="requests per second at peak",
     )
     parser.add_argument(
         "--rest-rps",
-        type=_number(),
+        type=float_arg(0.0),
         default=0.0,
         help="requests per second at rest (default 0: idle off-peak)",
     )
     parser.add_argument(
-        "--input-tokens", type=_number(), required=True, help="mean input tokens per request"
+        "--input-tokens", type=float_arg(0.0), required=True, help="mean input tokens per request"
     )
     parser.add_argument(
         "--output-tokens",
-        type=_number(),
+        type=float_arg(0.0),
         required=True,
         help="mean output tokens per request (0 for embeddings)",
     )
     parser.add_argument(
         "--p95-latency",
-        type=_number(strict=True),
+        type=float_arg(0.0, strict=True),
         default=None,
         help="p95 latency target in seconds (rules out scale-to-zero)",
     )
@@ -154,19 +142,19 @@ def configure_plan_parser(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--headroom",
-        type=_number(1.0),
+        type=float_arg(1.0),
         default=DEFAULT_HEADROOM,
         help=f"margin over the load (default {DEFAULT_HEADROOM:g})",
     )
     parser.add_argument(
         "--dbu-per-hour-per-unit",
-        type=_number(strict=True),
+        type=float_arg(0.0, strict=True),
         default=None,
         help="DBUs one chunk or model unit consumes per hour (for the cost)",
     )
     parser.add_argument(
         "--price-per-dbu",
-        type=_number(strict=True),
+        type=float_arg(0.0, strict=True),
         default=None,
         help="price of one DBU (for the cost)",
     )
@@ -223,13 +211,11 @@ def run_cleanup(args: argparse.Namespace, *, client: object = None, ask=input) -
     from ptdeploy import cleanup
     from ptdeploy.errors import PtdeployError
 
-    if args.profile and args.target == "local":
-        print("error: --profile applies to --target databricks only.", file=sys.stderr)
-        return 2
     try:
-        if client is None:
-            from ptdeploy import targets
+        from ptdeploy import targets
 
+        targets.check_profile(args.target, args.profile)
+        if client is None:
             client = targets.workspace_client(args.target, profile=args.profile)
         found = cleanup.managed_endpoints(client, args.match)
         if not found:

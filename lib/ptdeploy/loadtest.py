@@ -910,7 +910,9 @@ def _concurrency_arg(text: str) -> tuple[int, ...]:
         ) from None
 
 
-def _int_arg(low: int, high: int | None = None) -> Callable[[str], int]:
+def int_arg(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse ``type``: a whole number in range, or a message saying what is valid."""
+
     def parse(text: str) -> int:
         try:
             return _int_param("value", int(text), low, high)
@@ -923,9 +925,11 @@ def _int_arg(low: int, high: int | None = None) -> Callable[[str], int]:
     return parse
 
 
-def _float_arg(
+def float_arg(
     low: float, high: float | None = None, *, strict: bool = False
 ) -> Callable[[str], float]:
+    """An argparse ``type``: a finite number in range (``strict``: above ``low``)."""
+
     def parse(text: str) -> float:
         try:
             return _float_param("value", float(text), low, high, strict=strict)
@@ -957,13 +961,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--requests-per-level",
-        type=_int_arg(1, MAX_REQUESTS_PER_LEVEL),
+        type=int_arg(1, MAX_REQUESTS_PER_LEVEL),
         default=DEFAULT_REQUESTS_PER_LEVEL,
         help=f"at most this many requests per level (default: {DEFAULT_REQUESTS_PER_LEVEL})",
     )
     parser.add_argument(
         "--max-seconds-per-level",
-        type=_float_arg(0.0, strict=True),
+        type=float_arg(0.0, strict=True),
         default=DEFAULT_MAX_SECONDS_PER_LEVEL,
         help="no new request after this many seconds in a level "
         f"(default: {DEFAULT_MAX_SECONDS_PER_LEVEL:g})",
@@ -981,13 +985,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--max-tokens",
-        type=_int_arg(1),
+        type=int_arg(1),
         default=None,
         help=f"max_tokens for completions/chat (default: {DEFAULT_MAX_TOKENS})",
     )
     parser.add_argument(
         "--temperature",
-        type=_float_arg(0.0, 2.0),
+        type=float_arg(0.0, 2.0),
         default=None,
         help="temperature for completions/chat (default: the endpoint's)",
     )
@@ -1030,18 +1034,12 @@ def run(args: argparse.Namespace, *, client: Any = None) -> int:
     ``client`` replaces the workspace client (tests); by default it comes from
     ``ptdeploy.targets.workspace_client(args.target, profile=args.profile)``.
     """
-    if args.profile and args.target == "local":
-        print(
-            "error: --profile applies to --target databricks only; the local workspace "
-            "authenticates with its own token.",
-            file=sys.stderr,
-        )
-        return 2
     out = args.out or Path("loadtest") / f"{args.endpoint}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
     try:
-        if client is None:
-            from ptdeploy import targets
+        from ptdeploy import targets
 
+        targets.check_profile(args.target, args.profile)
+        if client is None:
             client = targets.workspace_client(args.target, profile=args.profile)
         result = run_load_test(
             client,

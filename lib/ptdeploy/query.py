@@ -289,14 +289,18 @@ class Embeddings:
 # ---------------------------------------------------------------------- transport
 
 
-def _invoke(w: WorkspaceClient, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
-    """POST to the endpoint's invocations route through the SDK's API client."""
+def _post_invocations(
+    w: WorkspaceClient, endpoint: str, body: dict[str, Any], *, accept: str
+) -> Any:
+    """POST ``body`` to the endpoint's invocations route through the SDK's API client,
+    with its errors as ptdeploy's (an event stream comes back raw, as ``{"contents"}``)."""
     try:
-        answer = w.api_client.do(
+        return w.api_client.do(
             "POST",
             f"/serving-endpoints/{endpoint}/invocations",
             body=body,
-            headers={"Accept": "application/json", "Content-Type": "application/json"},
+            headers={"Accept": accept, "Content-Type": "application/json"},
+            raw=accept == "text/event-stream",
         )
     except NotFound as exc:
         raise EndpointNotFoundError(
@@ -305,6 +309,11 @@ def _invoke(w: WorkspaceClient, endpoint: str, body: dict[str, Any]) -> dict[str
         ) from exc
     except BadRequest as exc:
         raise QueryError(f"endpoint {endpoint!r} refused the request: {exc}") from exc
+
+
+def _invoke(w: WorkspaceClient, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
+    """POST to the endpoint's invocations route through the SDK's API client."""
+    answer = _post_invocations(w, endpoint, body, accept="application/json")
     if isinstance(answer, dict) and "choices" not in answer:
         # A custom pyfunc endpoint wraps the OpenAI-shaped answer in "predictions".
         preds = answer.get("predictions")
@@ -330,22 +339,8 @@ def stream_chunks(w: WorkspaceClient, endpoint: str, body: dict[str, Any]) -> It
     returns the body as a stream); events are ``data: <json>`` separated by blank lines,
     ending with ``data: [DONE]``. An error event (``{"error_code", "message"}``) raises.
     """
-    try:
-        answer = w.api_client.do(
-            "POST",
-            f"/serving-endpoints/{endpoint}/invocations",
-            body={**body, "stream": True, "stream_options": {"include_usage": True}},
-            headers={"Accept": "text/event-stream", "Content-Type": "application/json"},
-            raw=True,
-        )
-    except NotFound as exc:
-        raise EndpointNotFoundError(
-            f"serving endpoint {endpoint!r} was not found ({exc}); check the name or create "
-            "it with ptdeploy.endpoints.create_or_update."
-        ) from exc
-    except BadRequest as exc:
-        raise QueryError(f"endpoint {endpoint!r} refused the request: {exc}") from exc
-    contents = answer["contents"]
+    streamed = {**body, "stream": True, "stream_options": {"include_usage": True}}
+    contents = _post_invocations(w, endpoint, streamed, accept="text/event-stream")["contents"]
     try:
         buffer = b""
         while True:

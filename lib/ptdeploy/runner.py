@@ -153,10 +153,7 @@ def workspace_env(
     from ptdeploy import targets
 
     if target != targets.Target.DATABRICKS.value:
-        if profile:
-            raise PtdeployError(
-                f"--profile {profile!r} applies to target 'databricks', not {target!r}"
-            )
+        targets.check_profile(target, profile)
         return {}
     w = targets.databricks_client(profile)
     user = targets.check_workspace(w)

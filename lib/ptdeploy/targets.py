@@ -97,6 +97,18 @@ def registry_uri(target: Target | str) -> str:
     return state.tracking_uri() if Target(target) is Target.LOCAL else "databricks-uc"
 
 
+def check_profile(target: Target | str, profile: str | None) -> None:
+    """A profile names a Databricks workspace: with any other target it is a mistake."""
+    if profile and str(getattr(target, "value", target)) != Target.DATABRICKS.value:
+        from ptdeploy.errors import ParameterError
+
+        raise ParameterError(
+            f"--profile {profile!r} applies to target 'databricks', not "
+            f"{str(getattr(target, 'value', target))!r}: the local workspace authenticates "
+            "with its own token."
+        )
+
+
 def workspace_client(target: Target | str, profile: str | None = None) -> WorkspaceClient:
     """A ``WorkspaceClient`` for the target.
 
@@ -107,6 +119,7 @@ def workspace_client(target: Target | str, profile: str | None = None) -> Worksp
     """
     from databricks.sdk import WorkspaceClient
 
+    check_profile(target, profile)
     target = Target(target)
     if target is Target.LOCAL:
         from ptdeploy.workspace import control
