@@ -8,26 +8,28 @@ def test_three_level_name_built_and_checked():
 
 
 @pytest.mark.parametrize(
-    ("name", "target", "fragment"),
+    ("name", "unity_catalog", "fragment"),
     [
-        ("default.llama", "databricks", "has 2 level(s); Unity Catalog"),
-        ("llama", "databricks", "has 1 level(s)"),
-        ("main.default.my model", "databricks", "contains ' '"),
-        ("main.def/ault.m", "local", "contains '/'"),
-        ("main.default.Llama", "databricks", "Use 'llama'"),
-        ("a.b.c.d", "local", "has 4 levels"),
-        ("", "local", "is empty"),
+        ("default.llama", True, "has 2 level(s); Unity Catalog"),
+        ("llama", True, "has 1 level(s)"),
+        ("main.default.my model", True, "contains ' '"),
+        ("main.def/ault.m", False, "contains '/'"),
+        ("main.default.Llama", True, "Use 'llama'"),
+        ("a.b.c.d", False, "has 4 levels"),
+        ("", False, "is empty"),
     ],
 )
-def test_illegal_registered_names(name, target, fragment):
+def test_illegal_registered_names(name, unity_catalog, fragment):
     with pytest.raises(ParameterError) as err:
-        names.check_registered_model_name(name, target)
+        names.check_registered_model_name(name, unity_catalog=unity_catalog)
     assert fragment in str(err.value)
 
 
 def test_local_accepts_three_levels_and_plain_names():
-    assert names.check_registered_model_name("main.default.m", "local") == "main.default.m"
-    assert names.check_registered_model_name("m", "local") == "m"
+    assert (
+        names.check_registered_model_name("main.default.m", unity_catalog=False) == "main.default.m"
+    )
+    assert names.check_registered_model_name("m", unity_catalog=False) == "m"
 
 
 @pytest.mark.parametrize("alias", ["latest", "v3", "bad alias", ""])

@@ -186,7 +186,7 @@ def base_parameters(notebook: str, root: Path | None = None) -> dict[str, str]:
     Checked against the notebook's parameters cell and converted by its spec, so a job
     never ships a value the notebook would refuse.
     """
-    from ptdeploy.runner import load_parameters_file
+    from ptdeploy.parameters import load_parameters_file
 
     root = _root(root)
     source = job_parameters_file(notebook, root)

@@ -79,7 +79,9 @@ def runs(p: Params, step: str) -> bool:
 
 def registered_name(p: Params) -> str:
     name = names.registered_model_name(p.catalog, p.schema, p.model_name)
-    return names.check_registered_model_name(name, p.target)
+    return names.check_registered_model_name(
+        name, unity_catalog=targets.Target(p.target) is targets.Target.DATABRICKS
+    )
 
 
 # Hugging Face organisations whose models are gated (accept the license, then a token):

@@ -222,7 +222,7 @@ def local_job_parameters(
     """The job parameters for this rehearsal: the job's defaults, the target's parameters
     file (``parameters/<template>/<target>.yaml``) over them, then ``-p`` overrides; all
     checked by the notebook's spec before any task starts."""
-    from ptdeploy.runner import load_parameters_file
+    from ptdeploy.parameters import load_parameters_file
 
     params = bundle.job_parameters(job)
     spec = spec_for(template)

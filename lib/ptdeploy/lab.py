@@ -136,8 +136,9 @@ def check_lab_parameters(
     notebooks: Path, parameters_target: str | None, overrides: Mapping[str, Any] | None
 ) -> None:
     """Fail before the server starts on a missing file, an unknown ``-p`` or a bad value."""
-    from ptdeploy.runner import parameters_dir, resolve_parameters
+    from ptdeploy.runner import resolve_parameters
     from ptdeploy.specs import spec_for
+    from ptdeploy.state import parameters_dir
 
     found = sorted(notebooks.glob("*.ipynb"))
     declared: set[str] = set()
@@ -181,7 +182,7 @@ def start_lab(
 ) -> LabServer:
     """Start JupyterLab and return once it answers (``GET /api/status`` with the token)."""
     from ptdeploy import state
-    from ptdeploy.runner import notebooks_dir
+    from ptdeploy.state import notebooks_dir
 
     _check_environment()
     root = (notebooks or notebooks_dir()).resolve()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 
 from ptdeploy.errors import ParameterError
-from ptdeploy.targets import Target
 
 _UC_PART_FORBIDDEN = re.compile(r"[.\s/\x00-\x1f\x7f]")
 _ALIAS = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
@@ -48,20 +47,21 @@ def registered_model_name(catalog: str, schema: str, model: str) -> str:
     )
 
 
-def check_registered_model_name(name: str, target: Target | str) -> str:
-    """A full registered model name as the target's registry accepts it.
+def check_registered_model_name(name: str, *, unity_catalog: bool) -> str:
+    """A full registered model name as the registry accepts it.
 
-    ``databricks-uc`` requires three levels; the local registry accepts the same names
-    (so a rehearsal uses the real ones) and, for convenience, a plain one-level name.
+    Unity Catalog (``databricks-uc``) requires three levels; the local registry accepts the
+    same names (so a rehearsal uses the real ones) and, for convenience, a plain one-level
+    name (``unity_catalog=False``). The rule takes a flag, not a target, so the local
+    workspace can apply it without importing the client side.
     """
-    target = Target(target)
     if not isinstance(name, str) or not name.strip():
         raise ParameterError("registered model name is empty: give 'catalog.schema.model'.")
     parts = name.split(".")
     if len(parts) == 3:
         registered_model_name(*parts)
         return name
-    if target is Target.DATABRICKS:
+    if unity_catalog:
         raise ParameterError(
             f"registered model name {name!r} has {len(parts)} level(s); Unity Catalog "
             "(registry 'databricks-uc') needs three: 'catalog.schema.model', e.g. "

@@ -32,6 +32,7 @@ import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from ptdeploy.errors import ParameterError
@@ -394,7 +395,7 @@ def lab_seeds(spec: ParameterSpec, typed: dict[str, Any]) -> dict[str, Any]:
     overrides_json = os.environ.get("PTDEPLOY_LAB_OVERRIDES")
     if not target and not overrides_json:
         return typed
-    from ptdeploy.runner import load_parameters_file, parameters_dir
+    from ptdeploy.state import parameters_dir
 
     values: dict[str, Any] = {}
     if target:
@@ -469,3 +470,15 @@ def resolve(spec: ParameterSpec, namespace: Mapping[str, Any] | None = None) -> 
             return params
     surface = "papermill" if injected or os.environ.get("PTDEPLOY_HEADLESS") == "1" else "python"
     return Params(spec, typed, surface)
+
+
+def load_parameters_file(path: str | Path) -> dict[str, Any]:
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ParameterError(f"parameters file {path} does not exist")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ParameterError(f"parameters file {path} must be a mapping of name: value")
+    return data

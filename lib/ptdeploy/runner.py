@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ptdeploy.errors import ParameterError, PtdeployError
+from ptdeploy.errors import PtdeployError
 from ptdeploy.notebook import read_summary
+from ptdeploy.parameters import load_parameters_file
 from ptdeploy.specs import spec_for
-from ptdeploy.state import project_root
+from ptdeploy.state import notebooks_dir, parameters_dir
 
 
 @dataclass
@@ -50,18 +51,6 @@ class RunResult:
         cell = self.failing_cell()
         where = f" in cell {cell}" if cell else ""
         return f"{self.notebook} failed{where}: {self.error} (output kept: {self.output})"
-
-
-def load_parameters_file(path: str | Path) -> dict[str, Any]:
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise ParameterError(f"parameters file {path} does not exist")
-    data = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(data, dict):
-        raise ParameterError(f"parameters file {path} must be a mapping of name: value")
-    return data
 
 
 def resolve_parameters(
@@ -170,16 +159,6 @@ def _first_code_line(source: str | None, limit: int = 80) -> str | None:
         if line and not line.startswith("#"):
             return line if len(line) <= limit else line[: limit - 1] + "…"
     return None
-
-
-def notebooks_dir() -> Path:
-    root = project_root() or Path.cwd()
-    return root / "notebooks"
-
-
-def parameters_dir() -> Path:
-    root = project_root() or Path.cwd()
-    return root / "parameters"
 
 
 def run_all(

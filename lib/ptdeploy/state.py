@@ -27,6 +27,16 @@ def project_root() -> Path | None:
     )
 
 
+def notebooks_dir() -> Path:
+    """The template notebooks: ``notebooks/`` of the checkout (or of the current directory)."""
+    return (project_root() or Path.cwd()) / "notebooks"
+
+
+def parameters_dir() -> Path:
+    """The parameters files: ``parameters/<notebook>/<target>.yaml``."""
+    return (project_root() or Path.cwd()) / "parameters"
+
+
 def state_dir() -> Path:
     """The state directory (created on first use), as an absolute path."""
     env = os.environ.get(ENV_VAR)

@@ -458,7 +458,7 @@ def check_model_version_path(path: str) -> tuple[str, str]:
             f"version={version!r} is not valid: expected a version number such as '1' ({example})."
         )
     try:
-        check_registered_model_name(name, "local")
+        check_registered_model_name(name, unity_catalog=False)
     except ParameterError as exc:
         raise invalid(f"name={name!r} is not a valid registered model name: {exc}") from exc
     return name, str(int(version))
