@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import ptdeploy
 from ptdeploy import ai_query, planner
 from ptdeploy.errors import BatchError, ParameterError, ThroughputError
 from ptdeploy.loadtest import Task, parse_task
@@ -83,7 +84,7 @@ def spark_session(target: Target | str, *, app_name: str = "ptdeploy-batch") -> 
     # Spark's Python workers must import pandas/pyarrow/ptdeploy: this interpreter's.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-    lib = str(Path(__file__).resolve().parents[1])
+    lib = str(Path(ptdeploy.__file__).resolve().parents[1])  # the folder holding ptdeploy/
     path = os.environ.get("PYTHONPATH", "")
     if lib not in path.split(os.pathsep):
         os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (lib, path) if p)
