@@ -276,9 +276,9 @@ def stop_server(server: LabServer, timeout: float = STOP_TIMEOUT_S) -> None:
 
 
 def workspace_running() -> bool:
-    from ptdeploy.workspace import control
+    from ptdeploy import targets
 
-    return control.status().running
+    return targets.local_workspace_running()
 
 
 def serve(
@@ -326,9 +326,9 @@ def serve(
             signal.signal(sig, handler)
         server.stop()
         if not workspace_before and workspace_running():
-            from ptdeploy.workspace import control
+            from ptdeploy import targets
 
-            control.stop(quiet=True)
+            targets.stop_local_workspace()
             print("stopped the local workspace the notebooks started.", file=out, flush=True)
     print("JupyterLab stopped; nothing left running.", file=out, flush=True)
     return code

@@ -129,6 +129,20 @@ def workspace_client(target: Target | str, profile: str | None = None) -> Worksp
     return databricks_client(profile)
 
 
+def local_workspace_running() -> bool:
+    """Whether the embedded local workspace is up (its server answers)."""
+    from ptdeploy.workspace import control
+
+    return control.status().running
+
+
+def stop_local_workspace() -> None:
+    """Stop the embedded local workspace and its workers (nothing if it is not running)."""
+    from ptdeploy.workspace import control
+
+    control.stop(quiet=True)
+
+
 def databricks_client(
     profile: str | None = None,
     *,
