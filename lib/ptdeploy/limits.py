@@ -69,3 +69,7 @@ MAX_EMBEDDING_INPUTS = 2048
 MAX_PROMPTS = MAX_EMBEDDING_INPUTS
 # max_tokens: "null means no limit, or an integer greater than zero"; in practice the
 # model's context: prompt tokens + max_tokens must fit in it (the engine checks it).
+
+# AI Gateway inference tables: "Payloads larger than 1 MiB are not logged"
+# (https://docs.databricks.com/aws/en/ai-gateway/configure-ai-gateway-endpoints).
+MAX_LOGGED_PAYLOAD_BYTES = 1 * MIB

@@ -28,6 +28,7 @@ from ptdeploy.workspace import render
 from ptdeploy.workspace import store as st
 from ptdeploy.workspace.protocol import invalid, not_found, unavailable
 from ptdeploy.workspace.schemas import TASK_COMPLETIONS
+from ptdeploy.workspace.tables import TABLES_DIR, GatewayTables
 from ptdeploy.workspace.validation import (
     Catalog,
     check_endpoint_name,
@@ -173,6 +174,7 @@ class EndpointManager:
         self.calls: dict[str, deque[float]] = {}
         self.healing_policy = healing or HealingPolicy()
         self.healing: dict[tuple[str, str], _Healing] = {}
+        self.tables = GatewayTables(store.root.parent / TABLES_DIR)
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -272,6 +274,7 @@ class EndpointManager:
         gateway = (
             parse_ai_gateway(body["ai_gateway"]) if body.get("ai_gateway") is not None else None
         )
+        self._check_inference_table_catalog(gateway, "ai_gateway")
         rate_limits = (
             parse_rate_limits(body.get("rate_limits"), "rate_limits", gateway=False) or None
         )
@@ -416,12 +419,58 @@ class EndpointManager:
 
     def put_ai_gateway(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
         gateway = parse_ai_gateway(body, "ai_gateway")
+        self._check_inference_table_catalog(gateway, "")
         with self.lock:
             rec = self._record(name)
             new = replace(rec, ai_gateway=gateway or None, last_updated_timestamp=self.now_ms())
             self.store.put(new)
             self.records[name] = new
         return render.ai_gateway(gateway)
+
+    def _check_inference_table_catalog(self, gateway: dict[str, Any] | None, field: str) -> None:
+        """An enabled inference table needs an existing catalog (400, as an invalid value)."""
+        cfg = (gateway or {}).get("inference_table_config") or {}
+        exists = getattr(self.catalog, "catalog_exists", None)
+        name = cfg.get("catalog_name")
+        if exists is None or not cfg.get("enabled", True) or not name:
+            return
+        if not exists(name):
+            prefix = f"{field}." if field else ""
+            raise invalid(
+                f"{prefix}inference_table_config.catalog_name={name!r}: Catalog '{name}' does "
+                "not exist. Use an existing catalog (locally 'main', or the catalog of a "
+                "registered model)."
+            )
+
+    def record_request(
+        self,
+        name: str,
+        served: str | None,
+        request: dict[str, Any],
+        response: dict[str, Any] | None,
+        status_code: int,
+        started: float,
+        duration_ms: int,
+        streaming: bool,
+    ) -> None:
+        """Usage tracking and inference table rows of one answered request (AI Gateway)."""
+        with self.lock:
+            rec = self.records.get(name)
+            gateway = rec.ai_gateway if rec is not None else None
+        if not gateway:
+            return
+        self.tables.record(
+            endpoint=name,
+            gateway=gateway,
+            served_entity=served,
+            request=request,
+            response=response,
+            status_code=status_code,
+            request_time=started,
+            duration_ms=duration_ms,
+            requester=self.creator,
+            streaming=streaming,
+        )
 
     def patch_tags(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
         add = parse_tags(body.get("add_tags"), "add_tags")
