@@ -38,7 +38,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from ptdeploy.errors import WorkspaceApiError
-from ptdeploy.limits import MAX_FOUNDATION_MODEL_PAYLOAD_BYTES
+from ptdeploy.limits import COLD_START_TIMEOUT_S, MAX_FOUNDATION_MODEL_PAYLOAD_BYTES
 from ptdeploy.workspace import render, streaming
 from ptdeploy.workspace import store as st
 from ptdeploy.workspace.manager import (
@@ -127,6 +127,7 @@ async def invoke(
     streaming = bool(body.get("stream"))
 
     def record(response: dict[str, Any] | None, status: int) -> None:
+        manager.touch(name)  # scale to zero counts the idle period from the last answer
         duration = int((time.monotonic() - clock) * 1000)
         manager.record_request(
             name, served[0], body, response, status, started, duration, streaming
@@ -141,6 +142,18 @@ async def invoke(
     if isinstance(answer, JSONResponse):
         await run_in_threadpool(record, json.loads(answer.body), 200)
     return answer
+
+
+async def _cold_start(workers: list[Worker], name: str) -> None:
+    """Wait until the workers loading after a scale to zero serve (or fail: 503)."""
+    deadline = time.monotonic() + COLD_START_TIMEOUT_S
+    while any(w.state == "LOADING" for w in workers):
+        if time.monotonic() > deadline:
+            raise unavailable(
+                f"Endpoint '{name}' is scaling up from zero and is not ready after "
+                f"{COLD_START_TIMEOUT_S:.0f} s; retry in a moment."
+            )
+        await asyncio.sleep(0.05)
 
 
 async def _answer(
@@ -160,6 +173,9 @@ async def _answer(
         )
     request_body = unwrap_request(body, task)
     check_request_task(request_body, task, name)
+    loading = await run_in_threadpool(manager.wake, name)
+    if loading:  # scaled to zero: this request waits for the cold start
+        await _cold_start(loading, name)
     served, worker = manager.pick(name)
     served_out[0] = served
     model = name if route_task is not None else served
