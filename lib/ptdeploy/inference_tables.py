@@ -93,7 +93,9 @@ def read_usage(endpoint_name: str, target: str = "local") -> pd.DataFrame:
         return frame[frame["endpoint_name"] == endpoint_name].reset_index(drop=True)
     spark = _spark()
     if spark is None:
-        raise RuntimeError(f"reading {USAGE_TABLE} on Databricks needs the notebook's Spark session")
+        raise RuntimeError(
+            f"reading {USAGE_TABLE} on Databricks needs the notebook's Spark session"
+        )
     query = (
         f"SELECT u.* FROM {USAGE_TABLE} u JOIN system.serving.served_entities e "
         "ON u.served_entity_id = e.served_entity_id WHERE e.endpoint_name = :endpoint"
