@@ -277,7 +277,9 @@ def test_a_canary_splits_traffic_then_promotion_moves_all_of_it(w, aliases):
 
 
 def test_a_canary_without_a_champion_is_refused_before_anything_changes(w, aliases):
-    with pytest.raises(ParameterError, match="parameter 'canary_percent'=10.*no 'champion'"):
+    with pytest.raises(
+        ParameterError, match="parameter 'canary_percent'=10.*alias 'champion' gives no previous"
+    ):
         flow.deploy(_params(canary_percent="10"), w, _registered("1"))
     assert flow.served_versions(w, "gw") == [], "no endpoint was created"
     aliases[(MODEL, "champion")] = "1"

@@ -219,7 +219,7 @@ def deploy(
     The versions the endpoint served before are handed to the smoke test (task value
     ``previous_versions``); if the update fails, the endpoint goes back to them.
     """
-    champion = _canary_champion(p, registered)  # bad input fails here, before any change
+    champion = _canary_champion(p, w, registered)  # bad input fails here, before any change
     gateway.check_inference_table_catalog(w, p)
     info = optimization.optimizable_info(w, registered.name, registered.version)
     print(info.describe())
@@ -241,21 +241,29 @@ def deploy(
     return Deployment(endpoint, info, plan)
 
 
-def _canary_champion(p: Params, registered: Any) -> str | None:
+def _canary_champion(p: Params, w: WorkspaceClient, registered: Any) -> str | None:
     """The champion version a canary splits traffic with (None without a canary).
 
-    A canary needs a previous version: the one the champion alias points to, other than
-    the version being deployed; otherwise a ``ParameterError`` naming the parameter."""
+    A canary needs a previous version other than the one being deployed: the one the
+    champion alias (the ``alias`` parameter) points to, or, for a template without one
+    (deploy from Unity Catalog), the version the endpoint serves now. Otherwise a
+    ``ParameterError`` naming the parameter."""
     percent = gateway.canary_percent(p)
     if not percent:
         return None
     alias = p.get("alias")
-    champion = registry.alias_version(registered.name, alias) if alias else None
+    if alias:
+        champion = registry.alias_version(registered.name, alias)
+        where = f"alias {alias!r}"
+    else:
+        serving = [v for v in served_versions(w, p.endpoint_name) if v != registered.version]
+        champion = serving[-1] if serving else None
+        where = f"endpoint {p.endpoint_name}"
     if champion is None or str(champion) == str(registered.version):
         what = (
-            f"alias {alias!r} points to version {champion}, the one being deployed"
+            f"{where} points to version {champion}, the one being deployed"
             if champion is not None
-            else f"{registered.name} has no {alias or 'champion'!r} version yet"
+            else f"{where} gives no previous version of {registered.name}"
         )
         raise ParameterError(
             f"parameter 'canary_percent'={percent}: a canary splits traffic between the "

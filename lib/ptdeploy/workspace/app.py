@@ -127,21 +127,36 @@ async def invoke(
     streaming = bool(body.get("stream"))
 
     def record(response: dict[str, Any] | None, status: int) -> None:
-        manager.touch(name)  # scale to zero counts the idle period from the last answer
         duration = int((time.monotonic() - clock) * 1000)
         manager.record_request(
             name, served[0], body, response, status, started, duration, streaming
         )
 
+    manager.begin(name)  # in flight: scale to zero waits for its end
+    handed_over = False
     try:
         answer = await _answer(manager, name, body, route_task, served, record)
+        if isinstance(answer, JSONResponse):
+            await run_in_threadpool(record, json.loads(answer.body), 200)
+        else:  # the stream ends the request when it is done (or dropped)
+            answer.body_iterator = _ending(answer.body_iterator, lambda: manager.end(name))
+            handed_over = True
+        return answer
     except WorkspaceApiError as exc:
         error = {"error_code": exc.error_code, "message": exc.message}
         await run_in_threadpool(record, error, exc.status)
         raise
-    if isinstance(answer, JSONResponse):
-        await run_in_threadpool(record, json.loads(answer.body), 200)
-    return answer
+    finally:
+        if not handed_over:
+            manager.end(name)
+
+
+async def _ending(chunks: Any, end: Callable[[], None]) -> Any:
+    try:
+        async for chunk in chunks:
+            yield chunk
+    finally:
+        end()
 
 
 async def _cold_start(workers: list[Worker], name: str) -> None:

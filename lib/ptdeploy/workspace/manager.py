@@ -183,6 +183,7 @@ class EndpointManager:
         self.last_used: dict[str, float] = {}
         self.scaled_to_zero: dict[str, set[str]] = {}
         self.waking: dict[str, set[str]] = {}
+        self.in_flight: dict[str, int] = {}
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -669,7 +670,7 @@ class EndpointManager:
         for n in list(waking):
             if workers.get(n) is None or workers[n].state != "LOADING":
                 waking.discard(n)  # loaded (or failed: healing takes over)
-        if not entities or rec.config_update == st.IN_PROGRESS:
+        if not entities or rec.config_update == st.IN_PROGRESS or self.in_flight.get(rec.name):
             return
         now = self.clock()
         last = self.last_used.setdefault(rec.name, now)
@@ -687,7 +688,6 @@ class EndpointManager:
         the workers loading for a scale from zero, which the request waits for."""
         with self.lock:
             rec = self.records.get(name)
-            self.last_used[name] = self.clock()
             if rec is None or rec.config is None:
                 return []
             cold = self.scaled_to_zero.pop(name, set())
@@ -702,9 +702,20 @@ class EndpointManager:
                     log.info("endpoint %s: scaling served entity %s up from zero", name, e.name)
             return [workers[n] for n in waking if n in workers and workers[n].state == "LOADING"]
 
-    def touch(self, name: str) -> None:
-        """A request ended: the idle period counts from now."""
+    def begin(self, name: str) -> None:
+        """A request to ``name`` started: no scale to zero while it is in flight."""
         with self.lock:
+            self.in_flight[name] = self.in_flight.get(name, 0) + 1
+            self.last_used[name] = self.clock()
+
+    def end(self, name: str) -> None:
+        """A request ended (answered, refused or dropped): the idle period counts from now."""
+        with self.lock:
+            left = self.in_flight.get(name, 0) - 1
+            if left > 0:
+                self.in_flight[name] = left
+            else:
+                self.in_flight.pop(name, None)
             if name in self.records:
                 self.last_used[name] = self.clock()
 
