@@ -101,3 +101,48 @@ def test_an_endpoint_without_scale_to_zero_keeps_its_worker(w, clock):
     clock[0] += 3600
     time.sleep(0.2)
     assert SlowLoading.started[0].state == "READY" and len(SlowLoading.started) == 1
+
+
+def test_a_request_in_flight_keeps_its_worker_loaded(serve_app, tmp_path, clock, monkeypatch):
+    import asyncio
+
+    monkeypatch.setenv(limits.SCALE_TO_ZERO_IDLE_ENV, "60")
+    release = threading.Event()
+
+    class Long(ReadyWorker):
+        async def infer(self, body: dict[str, Any]) -> dict[str, Any]:
+            while not release.is_set():
+                await asyncio.sleep(0.01)
+            return {"choices": [{"index": 0, "text": "done", "finish_reason": "stop"}]}
+
+    workers: list[Long] = []
+
+    def factory(entity: st.ServedEntity) -> Long:
+        workers.append(Long(entity))
+        return workers[-1]
+
+    app = create_app(
+        token=TOKEN,
+        store=st.EndpointStore(tmp_path / "endpoints"),
+        catalog=Catalog(),
+        worker_factory=factory,
+        poll_interval=0.02,
+        clock=lambda: clock[0],
+    )
+    w = WorkspaceClient(host=serve_app(app), token=TOKEN, auth_type="pat")
+    plan = ThroughputPlan(0, 20, 20, scale_to_zero_enabled=True)
+    create_or_update(w, EndpointSpec("long", "main.default.m", "1", plan), progress=False)
+    answers: list[dict[str, Any]] = []
+    asker = threading.Thread(target=lambda: answers.append(_ask(w, "long")))
+    asker.start()
+    time.sleep(0.2)
+    clock[0] += 3600  # idle for an hour by the clock, but a request is in flight
+    time.sleep(0.2)
+    assert workers[0].state == "READY"
+    release.set()
+    asker.join(10)
+    assert answers[0]["choices"][0]["text"] == "done"
+    time.sleep(0.2)
+    assert workers[0].state == "READY", "the idle period counts from the answer"
+    clock[0] += 61
+    _until(lambda: workers[0].state == "STOPPED", "the unload once idle after the answer")
