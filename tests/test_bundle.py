@@ -61,13 +61,14 @@ def test_a_notebook_without_steps_is_one_task(notebook):
 
 
 @pytest.mark.parametrize("notebook", CHAINED)
-def test_job_runs_the_notebook_as_three_chained_tasks(notebook):
+def test_job_runs_the_notebook_as_four_chained_tasks(notebook):
     job = _job(REPO, notebook)
     tasks = job["tasks"]
-    assert [t["task_key"] for t in tasks] == ["register", "deploy", "smoke_test"]
+    assert [t["task_key"] for t in tasks] == ["register", "deploy", "smoke_test", "promote"]
     assert "depends_on" not in tasks[0]
     assert tasks[1]["depends_on"] == [{"task_key": "register"}]
     assert tasks[2]["depends_on"] == [{"task_key": "deploy"}]
+    assert tasks[3]["depends_on"] == [{"task_key": "smoke_test"}], "promote only what passed"
     expected = yaml.safe_load((REPO / "parameters" / notebook / "databricks.yaml").read_text())
     declared = list(inspect_notebook(str(REPO / "notebooks" / f"{notebook}.ipynb")))
     for task in tasks:
@@ -87,6 +88,7 @@ def test_job_runs_the_notebook_as_three_chained_tasks(notebook):
         assert task["job_cluster_key"] == job["job_clusters"][0]["job_cluster_key"]
     wait = int(expected["wait_timeout_minutes"])
     assert tasks[1]["timeout_seconds"] >= wait * 60
+    assert tasks[3]["timeout_seconds"] >= wait * 60, "promoting a canary waits for an update"
     cluster = job["job_clusters"][0]["new_cluster"]
     assert cluster["spark_version"] == "${var.spark_version}"
     assert cluster["data_security_mode"] == "SINGLE_USER"

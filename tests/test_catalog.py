@@ -75,6 +75,13 @@ def _params(**values) -> Params:
         "prompt": "Hi",
         "max_tokens": 4,
         "teardown": False,
+        "usage_tracking": False,
+        "inference_table_catalog": "",
+        "inference_table_schema": "",
+        "inference_table_prefix": "",
+        "rate_limit_calls_per_minute": "",
+        "tags": "",
+        "canary_percent": 0,
         "target": "local",
         "steps": "all",
     }

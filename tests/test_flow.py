@@ -28,6 +28,13 @@ def _params(**overrides):
         "max_tokens": 4,
         "expect": "",
         "teardown": False,
+        "usage_tracking": False,
+        "inference_table_catalog": "",
+        "inference_table_schema": "",
+        "inference_table_prefix": "",
+        "rate_limit_calls_per_minute": "",
+        "tags": "",
+        "canary_percent": 0,
         "target": "databricks",
         "steps": "register",
     }

@@ -9,7 +9,7 @@ from pathlib import Path
 import mlflow
 import nbformat
 import pytest
-from ptdeploy import job, registry, targets
+from ptdeploy import job, registry, specs, targets
 from ptdeploy.notebook import read_summary
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,15 +37,20 @@ def summary_of(task: job.TaskRun) -> dict:
     return summary
 
 
+def smoke_task(run: job.JobRun) -> job.TaskRun:
+    """The smoke-test task: its summary carries the endpoint's answers."""
+    return next(t for t in run.tasks if t.task_key == "smoke_test")
+
+
 def check_bge(run: job.JobRun) -> None:
-    s = summary_of(run.tasks[-1])
+    s = summary_of(smoke_task(run))
     assert s["model_type"] == "bge-large" and s["normalized_client_side"] is False
     assert s["nearest"]["a kitten rests on a rug"] == "a cat sits on the mat"
     assert s["embedding_dim"] == 384
 
 
 def check_gte(run: job.JobRun) -> None:
-    s = summary_of(run.tasks[-1])
+    s = summary_of(smoke_task(run))
     cat, kitten, stocks = (
         "a cat sits on the mat",
         "a kitten rests on a rug",
@@ -57,7 +62,7 @@ def check_gte(run: job.JobRun) -> None:
 
 
 def check_deepseek(run: job.JobRun) -> None:
-    s = summary_of(run.tasks[-1])
+    s = summary_of(smoke_task(run))
     assert s["registered_model"] == "main.default.deepseek_r1_distill_llama"
     assert s["completion_tokens"] == 8 and s["finish_reason"] == "length"
     # ChatML does not open <think>: the reply is an answer, without reasoning.
@@ -67,7 +72,7 @@ def check_deepseek(run: job.JobRun) -> None:
 
 
 def check_unity_catalog(run: job.JobRun) -> None:
-    s = summary_of(run.tasks[-1])
+    s = summary_of(smoke_task(run))
     assert s["registered_model"] == "system.ai.all_minilm_l6_v2"
     assert s["version"] == "1" and s["task"] == "llm/v1/embeddings"
     assert s["embedding_dim"] == 384
@@ -97,11 +102,13 @@ def test_the_job_runs_offline_task_by_task(template, tmp_path, ptdeploy_home):
     definition = job.load_job(template, REPO)
     assert [t.task_key for t in run.tasks] == [t["task_key"] for t in definition["tasks"]]
     assert all(t.status == job.SUCCESS for t in run.tasks)
-    if len(run.tasks) == 3:
-        register, deploy, smoke = run.tasks
+    if len(run.tasks) == 4:
+        register, deploy, smoke, promote = run.tasks
         # the version travelled from register to the next tasks through task values
         assert deploy.task_values["version"] == register.task_values["model_version"]
         assert smoke.task_values["endpoint_served_versions"] == [deploy.task_values["version"]]
+        if "alias" in specs.spec_for(template).names:  # the UC template moves no alias
+            assert promote.task_values["champion_version"] == deploy.task_values["version"]
     CHECKS[template](run)
 
 
@@ -119,7 +126,12 @@ def test_only_a_proven_version_becomes_champion(tmp_path, ptdeploy_home):
         "llama_completions", tmp_path, model_source="tiny-llama", max_tokens="4", expect="Paris"
     )
     statuses = {t.task_key: t.status for t in second.tasks}
-    assert statuses == {"register": "SUCCESS", "deploy": "SUCCESS", "smoke_test": "FAILED"}
+    assert statuses == {
+        "register": "SUCCESS",
+        "deploy": "SUCCESS",
+        "smoke_test": "FAILED",
+        "promote": "UPSTREAM_FAILED",
+    }
     assert not second.ok
     failed = second.tasks[2].detail
     assert "does not contain the expected 'Paris'" in failed
@@ -137,6 +149,6 @@ def test_only_a_proven_version_becomes_champion(tmp_path, ptdeploy_home):
 def test_a_failing_task_skips_its_dependants(tmp_path, ptdeploy_home):
     # a model name that does not exist: the register (resolve) task fails at once
     run = rehearse("deploy_from_unity_catalog", tmp_path, model_name="no_such_model")
-    assert [t.status for t in run.tasks] == ["FAILED", "UPSTREAM_FAILED", "UPSTREAM_FAILED"]
+    assert [t.status for t in run.tasks] == ["FAILED", *["UPSTREAM_FAILED"] * 3]
     assert "no_such_model" in run.tasks[0].detail
     assert "UPSTREAM_FAILED" in run.table() and "FAILED" in run.table()

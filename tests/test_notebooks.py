@@ -140,6 +140,46 @@ def test_llama_notebook_on_tiny_llama_twice_updates_the_same_endpoint(tmp_path):
         assert "Bearer" not in text
 
 
+@pytest.mark.slow  # starts kernels
+def test_llama_notebook_chat_task_with_gateway_then_a_canary_promoted(tmp_path):
+    """task=llm/v1/chat through the template on tiny-llama, with usage tracking and an
+    inference table; then a second version as a 50% canary next to the champion, smoke-tested
+    and promoted: all traffic and the champion alias move to it."""
+    from ptdeploy import inference_tables
+
+    nb = REPO / "notebooks" / "llama_completions.ipynb"
+    params = REPO / "parameters" / "llama_completions" / "local.yaml"
+    overrides = {
+        "model_source": "tiny-llama",
+        "model_name": "nb_tiny_chat",
+        "endpoint_name": "nb-tiny-chat",
+        "task": "llm/v1/chat",
+        "max_tokens": "4",
+        "usage_tracking": "true",
+        "inference_table_catalog": "main",
+        "inference_table_schema": "default",
+        "tags": "team=ml",
+    }
+    first = runner.run_notebook(nb, params, overrides, out_dir=tmp_path / "1", progress=False)
+    assert first.ok, first.describe_failure()
+    assert first.summary["task"] == "llm/v1/chat" and first.summary["sample_completion"]
+    assert first.summary["champion_version"] == "1"
+    usage = inference_tables.read_usage("nb-tiny-chat")
+    assert len(usage) == 3 and (usage["output_token_count"] <= 4).all(), "three questions"
+    payload = inference_tables.read_payload("main.default.nb-tiny-chat_payload")
+    assert '"messages"' in payload["request"].iloc[0], "chat requests were logged"
+    assert "row(s)" in first.output.read_text(), "the notebook showed the rows"
+
+    second = runner.run_notebook(
+        nb, params, {**overrides, "canary_percent": "50"}, out_dir=tmp_path / "2", progress=False
+    )
+    assert second.ok, second.describe_failure()
+    text = second.output.read_text()
+    assert "canary: 50% of the traffic to version 2" in text
+    assert second.summary["endpoint_served_versions"] == ["2"], "promoted: all traffic"
+    assert second.summary["champion_version"] == "2"
+
+
 @pytest.mark.slow
 def test_llama_notebook_on_smollm2_knows_paris(tmp_path):
     params = REPO / "parameters" / "llama_completions" / "local.yaml"

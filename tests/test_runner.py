@@ -153,3 +153,29 @@ def test_run_all_only_an_unknown_notebook(tiny_templates, tmp_path):
     notebooks, parameters = tiny_templates
     with pytest.raises(PtdeployError, match="--only nope: no such notebook"):
         runner.run_all("local", notebooks=notebooks, parameters=parameters, only=["nope"])
+
+
+@pytest.mark.parametrize(
+    ("running_before", "keep_running", "stopped"),
+    [(False, False, True), (False, True, False), (True, False, False)],
+)
+def test_run_all_local_stops_the_workspace_it_started(
+    tiny_templates, tmp_path, monkeypatch, running_before, keep_running, stopped
+):
+    """Nothing left running unless asked: a workspace run-all started is stopped at the end;
+    one the user started, or --keep-running, stays."""
+    from ptdeploy.workspace import control
+
+    notebooks, parameters = tiny_templates
+    calls: list[bool] = []
+    monkeypatch.setattr(runner, "_local_workspace_running", lambda: running_before)
+    monkeypatch.setattr(runner, "_run_plan", lambda *a: [])
+    monkeypatch.setattr(control, "stop", lambda quiet=False: calls.append(quiet) or True)
+    runner.run_all(
+        "local",
+        out_dir=tmp_path / "out",
+        notebooks=notebooks,
+        parameters=parameters,
+        keep_running=keep_running,
+    )
+    assert bool(calls) is stopped

@@ -10,8 +10,8 @@ and ``check_job_file`` refuses a job whose parameters the notebook does not decl
 notebook would refuse them too, but only after a cluster started.
 
 The notebook's parameters are job-level ``parameters``, declared once (Databricks pushes
-them down to every notebook task). Each deployment template runs as three tasks,
-``register`` → ``deploy`` → ``smoke_test``, whose only task parameter is
+them down to every notebook task). Each deployment template runs as four tasks,
+``register`` → ``deploy`` → ``smoke_test`` → ``promote``, whose only task parameter is
 ``base_parameters.steps``; a notebook without a ``steps`` parameter (the load test) is one
 task. Targets ``dev`` (development mode) and ``prod`` (production mode, ``run_as`` a
 service principal, permissions for a group, both bundle variables). The Hugging Face token
@@ -45,10 +45,10 @@ from pathlib import Path
 from typing import Any
 
 from ptdeploy.errors import ParameterError, PtdeployError
-from ptdeploy.specs import spec_for
+from ptdeploy.specs import JOB_STEPS, spec_for
 from ptdeploy.state import project_root
 
-JOB_TASKS = ("register", "deploy", "smoke_test")
+JOB_TASKS = JOB_STEPS
 # A notebook without a ``steps`` parameter (the load test) is one task of this name.
 SINGLE_TASK = "run"
 CLUSTER_KEY = "ml_cpu"
@@ -243,15 +243,17 @@ def job_resource(notebook: str, root: Path | None = None) -> dict[str, Any]:
         if chained:
             entry["notebook_task"]["base_parameters"] = {"steps": task}
         entry["libraries"] = copy.deepcopy(libraries)  # no YAML anchors in the output
-        if task in ("deploy", SINGLE_TASK):
+        if task in ("deploy", "promote", SINGLE_TASK):  # both may wait for an update
             entry["timeout_seconds"] = (wait_minutes + DEPLOY_MARGIN_MINUTES) * 60
         tasks.append(entry)
         previous = task
     if chained:
         description = (
-            f"notebooks/{notebook}.ipynb as three tasks: "
+            f"notebooks/{notebook}.ipynb as four tasks: "
             f"{FIRST_TASK_DOES.get(notebook, 'log and register the model')}, deploy it to a "
-            "provisioned-throughput endpoint, smoke-test the endpoint and promote the version."
+            "provisioned-throughput endpoint (a canary share of the traffic when "
+            "canary_percent is set), smoke-test the endpoint, then promote the version (all "
+            "traffic and the champion alias)."
         )
     else:
         description = f"notebooks/{notebook}.ipynb as one task."

@@ -11,10 +11,12 @@ goes from the register task to the next ones through ``dbutils.jobs.taskValues``
 a job (a task run alone) the ``debugValue`` is used: the version the ``challenger`` alias
 points to.
 
-Promotion: registration moves the ``challenger`` alias only. The champion alias (the
-``alias`` parameter) moves in ``promotion`` once the endpoint is READY on that version
-and the smoke test passed. A failed deploy or smoke test puts the endpoint back on the
-version it served before (the champion) and says so.
+Promotion: registration moves the ``challenger`` alias only. The deploy step serves the
+new version alone, or, with ``canary_percent``, next to the champion with that share of
+the traffic. The champion alias (the ``alias`` parameter) moves in the ``promote`` step,
+which runs once the smoke test passed (the job's next task; the next cell of a notebook)
+and first moves all traffic to the new version. A failed deploy, smoke test or promotion
+puts the endpoint back on the version it served before (the champion) and says so.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from ptdeploy import (
     capacity_check,
     endpoints,
+    gateway,
     loadtest,
     model_logging,
     models,
@@ -49,6 +52,7 @@ from ptdeploy.errors import (
 )
 from ptdeploy.notebook import emit_summary, get_task_value, set_task_values
 from ptdeploy.parameters import ParameterSpec, Params
+from ptdeploy.specs import JOB_STEPS
 
 if TYPE_CHECKING:
     from databricks.sdk import WorkspaceClient
@@ -57,7 +61,7 @@ if TYPE_CHECKING:
 # Task keys of the job definitions (resources/*.yml) and the values handed between them.
 REGISTER_TASK = "register"
 DEPLOY_TASK = "deploy"
-STEPS = ("all", "register", "deploy", "smoke_test")
+STEPS = ("all", *JOB_STEPS)
 
 
 def start(spec: ParameterSpec, namespace: dict[str, Any]) -> Params:
@@ -217,12 +221,17 @@ def deploy(
     The versions the endpoint served before are handed to the smoke test (task value
     ``previous_versions``); if the update fails, the endpoint goes back to them.
     """
+    champion = _canary_champion(p, w, registered)  # bad input fails here, before any change
+    gateway.check_inference_table_catalog(w, p)
     info = optimization.optimizable_info(w, registered.name, registered.version)
     print(info.describe())
     plan = throughput.plan_from_info(info, p.min_chunks, p.max_chunks, p.scale_to_zero)
     print(plan.describe())
+    print(gateway.describe(p))
     previous = [v for v in served_versions(w, p.endpoint_name) if v != registered.version]
     set_task_values({"previous_versions": previous})
+    if champion is not None:
+        spec_kwargs = {**_canary_kwargs(p, w, registered, champion, plan), **spec_kwargs}
     try:
         endpoint = serve(p, w, registered.name, registered.version, plan, **spec_kwargs)
     except PtdeployError as exc:
@@ -232,6 +241,54 @@ def deploy(
         ) from exc
     print(f"endpoint {endpoint.name}: {endpoints.describe_state(endpoint)}")
     return Deployment(endpoint, info, plan)
+
+
+def _canary_champion(p: Params, w: WorkspaceClient, registered: Any) -> str | None:
+    """The champion version a canary splits traffic with (None without a canary).
+
+    A canary needs a previous version other than the one being deployed: the one the
+    champion alias (the ``alias`` parameter) points to, or, for a template without one
+    (deploy from Unity Catalog), the version the endpoint serves now. Otherwise a
+    ``ParameterError`` naming the parameter."""
+    percent = gateway.canary_percent(p)
+    if not percent:
+        return None
+    alias = p.get("alias")
+    if alias:
+        champion = registry.alias_version(registered.name, alias)
+        where = f"alias {alias!r}"
+    else:
+        serving = [v for v in served_versions(w, p.endpoint_name) if v != registered.version]
+        champion = serving[-1] if serving else None
+        where = f"endpoint {p.endpoint_name}"
+    if champion is None or str(champion) == str(registered.version):
+        what = (
+            f"{where} points to version {champion}, the one being deployed"
+            if champion is not None
+            else f"{where} gives no previous version of {registered.name}"
+        )
+        raise ParameterError(
+            f"parameter 'canary_percent'={percent}: a canary splits traffic between the "
+            f"current champion and the new version, but {what}. Deploy without a canary "
+            "first (canary_percent empty or 0): its promotion makes it the champion."
+        )
+    return str(champion)
+
+
+def _canary_kwargs(
+    p: Params, w: WorkspaceClient, registered: Any, champion: str, plan: Any
+) -> dict[str, Any]:
+    """Served entities and routes of a canary: the champion keeps ``100 - p`` percent."""
+    percent = gateway.canary_percent(p)
+    info = optimization.optimizable_info(w, registered.name, champion)
+    champion_plan = throughput.plan_from_info(info, p.min_chunks, p.max_chunks, p.scale_to_zero)
+    old = endpoints.ServedEntitySpec(registered.name, champion, champion_plan)
+    new = endpoints.ServedEntitySpec(registered.name, registered.version, plan)
+    print(
+        f"canary: {percent}% of the traffic to version {registered.version} ({new.name}), "
+        f"{100 - percent}% to the champion version {champion} ({old.name})"
+    )
+    return {"additional_entities": (old,), "traffic": {new.name: percent, old.name: 100 - percent}}
 
 
 def previous_versions(p: Params, w: WorkspaceClient, registered: Any) -> list[str]:
@@ -271,9 +328,9 @@ def _state_or_absent(w: WorkspaceClient, name: str) -> str:
 
 
 @contextlib.contextmanager
-def promotion(p: Params, w: WorkspaceClient, registered: Any) -> Iterator[None]:
-    """Around the smoke test: on success, move the champion alias to this version (the
-    endpoint must be READY on it); on failure, roll the endpoint back and raise."""
+def smoke_test_guard(p: Params, w: WorkspaceClient, registered: Any) -> Iterator[None]:
+    """Around the smoke test: afterwards the endpoint must be READY and serve this version;
+    on any failure, roll the endpoint back to the previous version and raise."""
     try:
         yield
         ep = endpoints.get_endpoint(w, p.endpoint_name)
@@ -290,10 +347,43 @@ def promotion(p: Params, w: WorkspaceClient, registered: Any) -> Iterator[None]:
             + rollback(p, w, registered, previous)
             + f" The {p.get('alias') or 'champion'!r} alias was not moved."
         ) from exc
+
+
+def promote(p: Params, w: WorkspaceClient, registered: Any) -> ServingEndpointDetailed:
+    """Make the smoke-tested version the champion: all traffic to it (a canary's split
+    ends: the champion's served entity goes), then the champion alias moves to it.
+
+    Run after a passed smoke test (a job's ``promote`` task depends on ``smoke_test``).
+    A failure rolls the endpoint back to the previous version and raises."""
+    ep = endpoints.get_endpoint(w, p.endpoint_name)
+    served = _entity_versions(ep)
+    if registered.version not in served or not endpoints._is_ready(ep):
+        raise PromotionError(
+            f"cannot promote {registered.name} version {registered.version}: endpoint "
+            f"{p.endpoint_name} is not READY on it ({endpoints.describe_state(ep)}, serving "
+            f"{served}). Run the deploy and smoke_test steps first."
+        )
+    if served != [registered.version]:
+        info = optimization.optimizable_info(w, registered.name, registered.version)
+        plan = throughput.plan_from_info(info, p.min_chunks, p.max_chunks, p.scale_to_zero)
+        try:
+            ep = serve(p, w, registered.name, registered.version, plan)
+        except PtdeployError as exc:
+            raise PromotionError(
+                f"moving all traffic of {p.endpoint_name} to version {registered.version} "
+                f"failed: {exc}\n" + rollback(p, w, registered, previous_versions(p, w, registered))
+            ) from exc
+        print(f"all traffic of {p.endpoint_name} now goes to version {registered.version}")
     alias = p.get("alias")
     if alias:
         registry.set_alias(registered.name, alias, registered.version)
         print(f"promoted: {registered.name} alias {alias!r} -> {registered.version}")
+    return ep
+
+
+def _gateway_kwargs(p: Params) -> dict[str, Any]:
+    """``EndpointSpec`` keywords from the gateway and tags parameters."""
+    return {"tags": gateway.tags(p), "ai_gateway": gateway.gateway_spec(p)}
 
 
 def expect_text(p: Params, text: str | None) -> None:
@@ -326,15 +416,63 @@ def deploy_step(
 def smoke_test_step(
     p: Params, w: WorkspaceClient, registered: Any, ask: Callable[[], Any]
 ) -> Any | None:
-    """The smoke-test step: ``ask()`` the endpoint inside ``promotion`` (the champion alias
-    moves only when it passes; a failure rolls the endpoint back) and print the answer's
-    ``report()``. None when skipped."""
+    """The smoke-test step: ``ask()`` the endpoint inside ``smoke_test_guard`` (a failure
+    rolls the endpoint back; the champion alias moves only in the promote step) and print
+    the answer's ``report()``. None when skipped."""
     if not runs(p, "smoke_test"):
         return None
-    with promotion(p, w, registered):
+    with smoke_test_guard(p, w, registered):
         answer = ask()
         print(answer.report())
     return answer
+
+
+def promote_step(p: Params, w: WorkspaceClient, registered: Any) -> None:
+    """The promote step: all traffic to the smoke-tested version, then the champion alias
+    (``promote``)."""
+    if runs(p, "promote"):
+        promote(p, w, registered)
+
+
+def gateway_records_step(p: Params, w: WorkspaceClient) -> dict[str, Any]:
+    """Show what the endpoint's AI Gateway recorded: usage rows (tokens per request) and
+    inference-table rows, as DataFrames (``ptdeploy.inference_tables``). Returns them by
+    name; empty when usage tracking and the inference table are off."""
+    from ptdeploy import inference_tables
+
+    frames: dict[str, Any] = {}
+    if not runs(p, "promote") and not runs(p, "smoke_test"):
+        return frames
+    if not p.get("usage_tracking") and not p.get("inference_table_catalog"):
+        print("usage tracking and the inference table are off (see the gateway parameters)")
+        return frames
+    try:
+        if p.get("usage_tracking"):
+            frames["usage"] = inference_tables.read_usage(p.endpoint_name, p.target)
+        if p.get("inference_table_catalog"):
+            table = gateway.payload_table_name(p)
+            frames[table] = inference_tables.read_payload(table, p.target)
+    except RuntimeError as exc:  # Databricks without a Spark session (a laptop)
+        print(f"cannot read the AI Gateway tables here: {exc}")
+        return frames
+    for name, frame in frames.items():
+        print(f"{name}: {len(frame)} row(s)")
+        _show(frame.tail(5))
+    return frames
+
+
+def _show(obj: Any) -> None:
+    """``display`` in a notebook, ``print`` elsewhere."""
+    try:
+        from IPython import get_ipython
+        from IPython.display import display
+
+        if get_ipython() is not None:
+            display(obj)
+            return
+    except ImportError:
+        pass
+    print(obj)
 
 
 def summary_step(
@@ -354,6 +492,7 @@ def summary_step(
             **extra,
             "endpoint": p.endpoint_name,
             "endpoint_served_versions": served_versions(w, p.endpoint_name),
+            "endpoint_traffic": traffic(w, p.endpoint_name),
             "endpoint_deleted": deleted,
             **(answer.summary() if answer is not None else {}),
         }
@@ -364,6 +503,7 @@ def serve(
     p: Params, w: WorkspaceClient, name: str, version: str, plan: Any, **spec_kwargs: Any
 ) -> ServingEndpointDetailed:
     """Create or update ``p.endpoint_name`` to serve ``name`` ``version`` with ``plan``."""
+    spec_kwargs = {**(_gateway_kwargs(p) if "tags" in p else {}), **spec_kwargs}
     spec = endpoints.EndpointSpec(
         name=p.endpoint_name, entity_name=name, entity_version=version, plan=plan, **spec_kwargs
     )
@@ -382,6 +522,17 @@ def teardown(p: Params, w: WorkspaceClient) -> bool:
 def finish(summary: dict[str, Any]) -> None:
     """Show the run's summary; ``ptdeploy run`` and the next job task read it back."""
     emit_summary(summary)
+
+
+def traffic(w: WorkspaceClient, endpoint_name: str) -> dict[str, int]:
+    """``{served entity name: traffic percentage}`` of the endpoint (empty when absent)."""
+    try:
+        ep = endpoints.get_endpoint(w, endpoint_name)
+    except Exception:
+        return {}
+    cfg = ep.config.traffic_config if ep.config else None
+    routes = (cfg.routes if cfg else None) or []
+    return {str(r.served_entity_name or r.served_model_name): r.traffic_percentage for r in routes}
 
 
 def served_versions(w: WorkspaceClient, endpoint_name: str) -> list[str]:

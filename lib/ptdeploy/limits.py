@@ -69,3 +69,30 @@ MAX_EMBEDDING_INPUTS = 2048
 MAX_PROMPTS = MAX_EMBEDDING_INPUTS
 # max_tokens: "null means no limit, or an integer greater than zero"; in practice the
 # model's context: prompt tokens + max_tokens must fit in it (the engine checks it).
+
+# AI Gateway inference tables: "Payloads larger than 1 MiB are not logged"
+# (https://docs.databricks.com/aws/en/ai-gateway/configure-ai-gateway-endpoints).
+MAX_LOGGED_PAYLOAD_BYTES = 1 * MIB
+
+# Scale to zero. Databricks scales an endpoint with scale_to_zero_enabled down when it
+# receives no requests for a while, and the next request waits for capacity to come back
+# (a cold start: "scale to zero ... the first request after idle incurs additional
+# latency", https://docs.databricks.com/aws/en/machine-learning/model-serving/create-manage-serving-endpoints).
+# The idle period is not a documented contract; the local workspace unloads an idle
+# entity's worker after SCALE_TO_ZERO_IDLE_S seconds (local choice, environment variable
+# SCALE_TO_ZERO_IDLE_ENV to change it) and loads it again on the next request, which waits
+# at most COLD_START_TIMEOUT_S for it.
+SCALE_TO_ZERO_IDLE_ENV = "PTDEPLOY_SCALE_TO_ZERO_IDLE_S"
+SCALE_TO_ZERO_IDLE_S = 300.0
+COLD_START_TIMEOUT_S = 600.0
+
+
+def scale_to_zero_idle_seconds() -> float:
+    """``$PTDEPLOY_SCALE_TO_ZERO_IDLE_S`` if set to a positive number, else the default."""
+    import os
+
+    try:
+        value = float(os.environ.get(SCALE_TO_ZERO_IDLE_ENV, ""))
+    except ValueError:
+        return SCALE_TO_ZERO_IDLE_S
+    return value if value > 0 else SCALE_TO_ZERO_IDLE_S

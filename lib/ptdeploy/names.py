@@ -36,6 +36,19 @@ def check_uc_part(value: str, what: str) -> str:
     return value
 
 
+def uc_part_check(what: str):
+    """``check_uc_part`` as a parameter check: raises ``ValueError`` with the reason only
+    (``parameters.Param`` adds the parameter's name and value)."""
+
+    def check(value: str) -> None:
+        try:
+            check_uc_part(value, what)
+        except ParameterError as exc:
+            raise ValueError(str(exc).split(": ", 1)[-1]) from None
+
+    return check
+
+
 def registered_model_name(catalog: str, schema: str, model: str) -> str:
     """``catalog.schema.model``, each level checked."""
     return ".".join(

@@ -16,7 +16,7 @@ from ptdeploy.names import check_alias
 
 DEFAULT_ALIAS = "champion"
 # Registration moves this alias; the champion alias moves only once the endpoint serves
-# the version and its smoke test passed (ptdeploy.flow.promotion).
+# the version and its smoke test passed (ptdeploy.flow.promote).
 CHALLENGER_ALIAS = "challenger"
 
 

@@ -172,12 +172,18 @@ def run_all(
     parameters: Path | None = None,
     profile: str | None = None,
     experiment: str | None = None,
+    keep_running: bool = False,
 ) -> list[RunResult]:
     """Every template with ``parameters/<notebook>/<target>.yaml``, in name order.
 
     All parameter sets are checked before the first notebook starts: a missing file or a
     bad value fails at once, not after the others ran. A failing notebook does not stop
     the others; its result names the failing cell.
+
+    Target ``local``: a local workspace the run started is stopped at the end (its worker
+    processes hold every endpoint's model in memory; the endpoints stay on disk and come
+    back on the next start), unless ``keep_running``. One that was running before the run
+    is left running.
     """
     notebooks = notebooks or notebooks_dir()
     parameters = parameters or parameters_dir()
@@ -207,6 +213,35 @@ def run_all(
         plan.append((nb, params_file, ov))
     if errors:
         raise PtdeployError("\n".join(errors))
+    stop_after = target == "local" and not keep_running and not _local_workspace_running()
+    try:
+        return _run_plan(plan, target, out_dir, progress, profile, experiment)
+    finally:
+        if stop_after:
+            from ptdeploy.workspace import control
+
+            if control.stop(quiet=True):
+                print(
+                    "[run-all] stopped the local workspace it started (endpoints kept on "
+                    "disk; --keep-running leaves it up)",
+                    flush=True,
+                )
+
+
+def _local_workspace_running() -> bool:
+    from ptdeploy.workspace import control
+
+    return control.status().running
+
+
+def _run_plan(
+    plan: list[tuple[Path, Path, dict[str, Any]]],
+    target: str,
+    out_dir: str | Path,
+    progress: bool,
+    profile: str | None,
+    experiment: str | None,
+) -> list[RunResult]:
     env = workspace_env(target, profile, experiment)  # once, before the first kernel
     results = []
     for nb, params_file, ov in plan:
@@ -301,6 +336,11 @@ def configure_run_all_parser(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--only", action="append", help="run only this notebook (repeatable)")
     parser.add_argument(
+        "--keep-running",
+        action="store_true",
+        help="target local: leave the local workspace (and its endpoints' workers) running",
+    )
+    parser.add_argument(
         "--notebooks", type=Path, help="folder of the templates (default: the project's notebooks/)"
     )
     parser.add_argument(
@@ -322,6 +362,7 @@ def run_run_all(args: argparse.Namespace) -> int:
             parameters=args.parameters_dir,
             profile=args.profile,
             experiment=args.experiment,
+            keep_running=args.keep_running,
         )
     except PtdeployError as exc:
         print(f"error: {exc}", file=sys.stderr)

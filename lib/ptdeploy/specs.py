@@ -9,23 +9,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from ptdeploy import names
+from ptdeploy import gateway, names
 from ptdeploy.errors import ParameterError
 from ptdeploy.model_logging import EMBEDDING_MODEL_TYPES, TASKS
 from ptdeploy.parameters import Param, ParameterSpec
 from ptdeploy.targets import Target
 
+# The steps of a deployment template, in order: a Databricks job runs one per task
+# (``bundle``), a notebook run ``all`` of them (``flow.runs``).
+JOB_STEPS = ("register", "deploy", "smoke_test", "promote")
+
 _ENDPOINT_HELP = "letters, digits, '-' and '_', at most 63 characters"
 
 
-def _uc_part(what: str):
-    def check(value: str) -> None:
-        try:
-            names.check_uc_part(value, what)
-        except ParameterError as exc:
-            raise ValueError(str(exc).split(": ", 1)[-1]) from None
-
-    return check
+_uc_part = names.uc_part_check
 
 
 def _endpoint_name(value: str) -> None:
@@ -79,7 +76,53 @@ COMMON_SERVING = (
         "steps",
         "choice",
         "Steps to run (a job runs one per task)",
-        choices=("all", "register", "deploy", "smoke_test"),
+        choices=("all", *JOB_STEPS),
+    ),
+)
+
+# AI Gateway, tags and canary (ptdeploy.gateway says what each sets on the endpoint).
+GATEWAY = (
+    Param("usage_tracking", "bool", "AI Gateway: track usage (tokens per request)"),
+    Param(
+        "inference_table_catalog",
+        "str",
+        "Inference table catalog (empty: no inference table)",
+        "an existing Unity Catalog catalog, or empty",
+        optional=True,
+        check=_uc_part("inference_table_catalog"),
+    ),
+    Param(
+        "inference_table_schema",
+        "str",
+        "Inference table schema",
+        "a Unity Catalog schema, or empty",
+        optional=True,
+        check=_uc_part("inference_table_schema"),
+    ),
+    Param(
+        "inference_table_prefix",
+        "str",
+        "Inference table name prefix (empty: the endpoint name)",
+        "a table name prefix, or empty",
+        optional=True,
+        check=_uc_part("inference_table_prefix"),
+    ),
+    Param(
+        "rate_limit_calls_per_minute",
+        "int",
+        "Rate limit: calls per minute for the endpoint (empty: none)",
+        minimum=1,
+        optional=True,
+    ),
+    Param(
+        "tags", "str", "Endpoint tags", gateway.TAGS_HELP, optional=True, check=gateway.check_tags
+    ),
+    Param(
+        "canary_percent",
+        "int",
+        "Canary: % of traffic to the new version until promoted (empty or 0: none)",
+        optional=True,
+        check=gateway.check_canary_percent,
     ),
 )
 
@@ -89,6 +132,7 @@ LLAMA_COMPLETIONS = ParameterSpec(
         *COMMON_MODEL,
         Param("task", "choice", "Task", choices=(TASKS[0], TASKS[1])),
         *COMMON_SERVING,
+        *GATEWAY,
         Param("prompt", "str", "Smoke-test prompt"),
         Param("max_tokens", "int", "Smoke-test max_tokens", minimum=1, maximum=8192),
         Param(
@@ -99,7 +143,7 @@ LLAMA_COMPLETIONS = ParameterSpec(
             optional=True,
         ),
     ),
-    cross_checks=(_chunks_in_order,),
+    cross_checks=(_chunks_in_order, gateway.check_parameters),
 )
 
 EMBEDDING_MODEL_TYPE = Param(
@@ -120,9 +164,10 @@ def _embedding_spec(notebook: str) -> ParameterSpec:
             TRUST_REMOTE_CODE,
             EMBEDDING_MODEL_TYPE,
             *COMMON_SERVING,
+            *GATEWAY,
             Param("normalize", "bool", "L2-normalize the returned embeddings (client side)"),
         ),
-        cross_checks=(_chunks_in_order,),
+        cross_checks=(_chunks_in_order, gateway.check_parameters),
     )
 
 
@@ -134,6 +179,7 @@ DEEPSEEK_R1_DISTILL_LLAMA = ParameterSpec(
     params=(
         *COMMON_MODEL,
         *COMMON_SERVING,
+        *GATEWAY,
         Param("prompt", "str", "Smoke-test question (user message)"),
         Param(
             "max_tokens",
@@ -144,7 +190,7 @@ DEEPSEEK_R1_DISTILL_LLAMA = ParameterSpec(
         ),
         Param("temperature", "float", "Smoke-test temperature", minimum=0.0, maximum=2.0),
     ),
-    cross_checks=(_chunks_in_order,),
+    cross_checks=(_chunks_in_order, gateway.check_parameters),
 )
 
 
@@ -164,10 +210,11 @@ DEPLOY_FROM_UNITY_CATALOG = ParameterSpec(
             optional=True,
         ),
         *COMMON_SERVING,
+        *GATEWAY,
         Param("prompt", "str", "Smoke-test prompt (or text to embed)"),
         Param("max_tokens", "int", "Smoke-test max_tokens", minimum=1, maximum=8192),
     ),
-    cross_checks=(_chunks_in_order,),
+    cross_checks=(_chunks_in_order, gateway.check_parameters),
 )
 
 _SERVING = {p.name: p for p in COMMON_SERVING}

@@ -11,6 +11,7 @@ Routes (all require ``Authorization: Bearer <token>``)::
     PATCH  /api/2.0/serving-endpoints/{name}/tags         add_tags / delete_tags
     PUT    /api/2.0/serving-endpoints/{name}/rate-limits  (deprecated) rate limits
     GET    /api/2.0/serving-endpoints/get-model-optimization-info/{model}/{version}
+    GET    /api/2.1/unity-catalog/catalogs[/{name}]      catalogs (inference table checks)
     POST   /serving-endpoints/{name}/invocations          query (stream=true: SSE)
     POST   /serving-endpoints/chat/completions            OpenAI-style, model = endpoint
     POST   /serving-endpoints/completions
@@ -24,6 +25,7 @@ returns the answer. A background loop advances endpoint states and heals workers
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import time
@@ -36,9 +38,9 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from ptdeploy.errors import WorkspaceApiError
-from ptdeploy.limits import MAX_FOUNDATION_MODEL_PAYLOAD_BYTES
+from ptdeploy.limits import COLD_START_TIMEOUT_S, MAX_FOUNDATION_MODEL_PAYLOAD_BYTES
+from ptdeploy.workspace import render, streaming
 from ptdeploy.workspace import store as st
-from ptdeploy.workspace import streaming
 from ptdeploy.workspace.manager import (
     EndpointManager,
     HealingPolicy,
@@ -70,6 +72,7 @@ from ptdeploy.workspace.validation import (
 log = logging.getLogger("ptdeploy.workspace.server")
 
 BASE = "/api/2.0/serving-endpoints"
+UC_CATALOGS = "/api/2.1/unity-catalog/catalogs"
 OPENAI_ROUTE = {
     TASK_CHAT: "/serving-endpoints/chat/completions",
     TASK_COMPLETIONS: "/serving-endpoints/completions",
@@ -115,7 +118,67 @@ def entity_worker_factory(tracking_uri: str, spares: int | None = None) -> Worke
 
 async def invoke(
     manager: EndpointManager, name: str, body: dict[str, Any], route_task: str | None
-) -> JSONResponse:
+) -> JSONResponse | StreamingResponse:
+    """Answer a query and, when the endpoint's AI Gateway asks for it, record its usage and
+    payload (``tables``): answered requests and refused ones alike, with their status."""
+    manager.task_of(name)  # 404 for an unknown endpoint, before anything is recorded
+    started, clock = time.time(), time.monotonic()
+    served: list[str | None] = [None]
+    streaming = bool(body.get("stream"))
+
+    def record(response: dict[str, Any] | None, status: int) -> None:
+        duration = int((time.monotonic() - clock) * 1000)
+        manager.record_request(
+            name, served[0], body, response, status, started, duration, streaming
+        )
+
+    manager.begin(name)  # in flight: scale to zero waits for its end
+    handed_over = False
+    try:
+        answer = await _answer(manager, name, body, route_task, served, record)
+        if isinstance(answer, JSONResponse):
+            await run_in_threadpool(record, json.loads(answer.body), 200)
+        else:  # the stream ends the request when it is done (or dropped)
+            answer.body_iterator = _ending(answer.body_iterator, lambda: manager.end(name))
+            handed_over = True
+        return answer
+    except WorkspaceApiError as exc:
+        error = {"error_code": exc.error_code, "message": exc.message}
+        await run_in_threadpool(record, error, exc.status)
+        raise
+    finally:
+        if not handed_over:
+            manager.end(name)
+
+
+async def _ending(chunks: Any, end: Callable[[], None]) -> Any:
+    try:
+        async for chunk in chunks:
+            yield chunk
+    finally:
+        end()
+
+
+async def _cold_start(workers: list[Worker], name: str) -> None:
+    """Wait until the workers loading after a scale to zero serve (or fail: 503)."""
+    deadline = time.monotonic() + COLD_START_TIMEOUT_S
+    while any(w.state == "LOADING" for w in workers):
+        if time.monotonic() > deadline:
+            raise unavailable(
+                f"Endpoint '{name}' is scaling up from zero and is not ready after "
+                f"{COLD_START_TIMEOUT_S:.0f} s; retry in a moment."
+            )
+        await asyncio.sleep(0.05)
+
+
+async def _answer(
+    manager: EndpointManager,
+    name: str,
+    body: dict[str, Any],
+    route_task: str | None,
+    served_out: list[str | None],
+    record: Callable[[dict[str, Any] | None, int], None],
+) -> JSONResponse | StreamingResponse:
     """Validate a query, route it to a served entity by traffic split, and answer."""
     task = manager.task_of(name)
     if route_task is not None and route_task != task:
@@ -125,11 +188,15 @@ async def invoke(
         )
     request_body = unwrap_request(body, task)
     check_request_task(request_body, task, name)
+    loading = await run_in_threadpool(manager.wake, name)
+    if loading:  # scaled to zero: this request waits for the cold start
+        await _cold_start(loading, name)
     served, worker = manager.pick(name)
+    served_out[0] = served
     model = name if route_task is not None else served
     try:
         if request_body.get("stream"):
-            return await _stream(worker, request_body, task, model, served)
+            return await _stream(worker, request_body, task, model, served, record)
         result = await worker.infer(request_body)
     except InvalidRequestError as exc:
         raise WorkspaceApiError(400, exc.error_code, str(exc)) from exc
@@ -150,14 +217,27 @@ async def invoke(
 
 
 async def _stream(
-    worker: Worker, body: dict[str, Any], task: str, model: str, served: str
+    worker: Worker,
+    body: dict[str, Any],
+    task: str,
+    model: str,
+    served: str,
+    record: Callable[[dict[str, Any] | None, int], None],
 ) -> StreamingResponse:
     """Answer ``stream=true`` with server-sent events (``ptdeploy.workspace.streaming``).
 
     The first item is awaited here, before the response starts, so a request the worker
-    refuses still gets its 400 (or 503) instead of a broken stream.
+    refuses still gets its 400 (or 503) instead of a broken stream. The whole response
+    the worker ends with (the aggregate of the chunks) is what ``record`` gets.
     """
-    events = worker.stream(body)
+
+    async def recorded() -> Any:
+        async for item in worker.stream(body):
+            if isinstance(item, dict):
+                await run_in_threadpool(record, item, 200)
+            yield item
+
+    events = recorded()
     first = await anext(events)
     options = body.get("stream_options")
     include_usage = isinstance(options, dict) and options.get("include_usage") is True
@@ -222,6 +302,24 @@ def create_app(
         except ModelVersionNotFound as exc:
             raise WorkspaceApiError(404, "RESOURCE_DOES_NOT_EXIST", str(exc)) from exc
         return JSONResponse(desc.response())
+
+    # Unity Catalog catalogs, as GET /api/2.1/unity-catalog/catalogs[/{name}] answers
+    # (https://docs.databricks.com/api/workspace/catalogs/get): enough for a client to
+    # check that an inference table's catalog exists (w.catalogs.get).
+    @app.get(f"{UC_CATALOGS}/{{name}}")
+    async def get_catalog(name: str) -> JSONResponse:
+        exists = getattr(catalog, "catalog_exists", None)
+        if exists is None or not await run_in_threadpool(exists, name):
+            raise WorkspaceApiError(
+                404, "CATALOG_DOES_NOT_EXIST", f"Catalog '{name}' does not exist."
+            )
+        return JSONResponse(render.catalog(name))
+
+    @app.get(UC_CATALOGS)
+    async def list_catalogs() -> JSONResponse:
+        names = getattr(catalog, "catalog_names", None)
+        found = await run_in_threadpool(names) if names is not None else []
+        return JSONResponse({"catalogs": [render.catalog(n) for n in found]})
 
     @app.post(BASE)
     async def create(request: Request) -> JSONResponse:

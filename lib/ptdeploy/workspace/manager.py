@@ -28,6 +28,7 @@ from ptdeploy.workspace import render
 from ptdeploy.workspace import store as st
 from ptdeploy.workspace.protocol import invalid, not_found, unavailable
 from ptdeploy.workspace.schemas import TASK_COMPLETIONS
+from ptdeploy.workspace.tables import TABLES_DIR, GatewayTables
 from ptdeploy.workspace.validation import (
     Catalog,
     check_endpoint_name,
@@ -67,6 +68,10 @@ class Worker(Protocol):
 WorkerFactory = Callable[[st.ServedEntity], Worker]
 
 CREATING_MESSAGE = "Creating resources for served entity."
+SCALED_TO_ZERO_MESSAGE = (
+    "Scaled to zero after an idle period; the next request loads it again (cold start)."
+)
+SCALING_UP_MESSAGE = "Scaling up from zero: loading the served entity for a waiting request."
 RECOVERING_MESSAGE = "Loading the served entity again after a restart of the local workspace."
 
 
@@ -173,6 +178,12 @@ class EndpointManager:
         self.calls: dict[str, deque[float]] = {}
         self.healing_policy = healing or HealingPolicy()
         self.healing: dict[tuple[str, str], _Healing] = {}
+        self.tables = GatewayTables(store.root.parent / TABLES_DIR)
+        # scale to zero: last request per endpoint, entities unloaded, entities waking up
+        self.last_used: dict[str, float] = {}
+        self.scaled_to_zero: dict[str, set[str]] = {}
+        self.waking: dict[str, set[str]] = {}
+        self.in_flight: dict[str, int] = {}
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -272,6 +283,7 @@ class EndpointManager:
         gateway = (
             parse_ai_gateway(body["ai_gateway"]) if body.get("ai_gateway") is not None else None
         )
+        self._check_inference_table_catalog(gateway, "ai_gateway")
         rate_limits = (
             parse_rate_limits(body.get("rate_limits"), "rate_limits", gateway=False) or None
         )
@@ -353,6 +365,7 @@ class EndpointManager:
             self.splitters.pop(name, None)
             self.recovering.discard(name)
             self.calls.pop(name, None)
+            self._forget_scale_to_zero(name)
             self._forget_healing(name)
             self.store.delete(name)
             log.info("deleted endpoint %s", name)
@@ -416,12 +429,58 @@ class EndpointManager:
 
     def put_ai_gateway(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
         gateway = parse_ai_gateway(body, "ai_gateway")
+        self._check_inference_table_catalog(gateway, "")
         with self.lock:
             rec = self._record(name)
             new = replace(rec, ai_gateway=gateway or None, last_updated_timestamp=self.now_ms())
             self.store.put(new)
             self.records[name] = new
         return render.ai_gateway(gateway)
+
+    def _check_inference_table_catalog(self, gateway: dict[str, Any] | None, field: str) -> None:
+        """An enabled inference table needs an existing catalog (400, as an invalid value)."""
+        cfg = (gateway or {}).get("inference_table_config") or {}
+        exists = getattr(self.catalog, "catalog_exists", None)
+        name = cfg.get("catalog_name")
+        if exists is None or not cfg.get("enabled", True) or not name:
+            return
+        if not exists(name):
+            prefix = f"{field}." if field else ""
+            raise invalid(
+                f"{prefix}inference_table_config.catalog_name={name!r}: Catalog '{name}' does "
+                "not exist. Use an existing catalog (locally 'main', or the catalog of a "
+                "registered model)."
+            )
+
+    def record_request(
+        self,
+        name: str,
+        served: str | None,
+        request: dict[str, Any],
+        response: dict[str, Any] | None,
+        status_code: int,
+        started: float,
+        duration_ms: int,
+        streaming: bool,
+    ) -> None:
+        """Usage tracking and inference table rows of one answered request (AI Gateway)."""
+        with self.lock:
+            rec = self.records.get(name)
+            gateway = rec.ai_gateway if rec is not None else None
+        if not gateway:
+            return
+        self.tables.record(
+            endpoint=name,
+            gateway=gateway,
+            served_entity=served,
+            request=request,
+            response=response,
+            status_code=status_code,
+            request_time=started,
+            duration_ms=duration_ms,
+            requester=self.creator,
+            streaming=streaming,
+        )
 
     def patch_tags(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
         add = parse_tags(body.get("add_tags"), "add_tags")
@@ -475,6 +534,7 @@ class EndpointManager:
                         self.recovering.discard(name)
                 if rec.config is not None:
                     self._heal(rec, to_stop)
+                    self._scale_to_zero(rec, to_stop)
                 if rec.config_update != st.IN_PROGRESS or rec.pending_config is None:
                     continue
                 workers = self.pending.get(name, {})
@@ -591,11 +651,77 @@ class EndpointManager:
         self.splitters[rec.name] = TrafficSplitter(new.config.routes if new.config else [])
         self.recovering.discard(rec.name)
         self._forget_healing(rec.name)
+        self._forget_scale_to_zero(rec.name)
         log.info(
             "endpoint %s: config version %d is READY",
             rec.name,
             new.config.config_version if new.config else 0,
         )
+
+    # ---- scale to zero
+
+    def _scale_to_zero(self, rec: st.EndpointRecord, to_stop: list[Worker]) -> None:
+        """Unload the READY workers of scale-to-zero entities idle for
+        ``limits.scale_to_zero_idle_seconds()`` (the next request loads them again)."""
+        assert rec.config is not None
+        entities = [e for e in rec.config.served_entities if e.scale_to_zero_enabled]
+        workers = self.active.get(rec.name, {})
+        waking = self.waking.get(rec.name, set())
+        for n in list(waking):
+            if workers.get(n) is None or workers[n].state != "LOADING":
+                waking.discard(n)  # loaded (or failed: healing takes over)
+        if not entities or rec.config_update == st.IN_PROGRESS or self.in_flight.get(rec.name):
+            return
+        now = self.clock()
+        last = self.last_used.setdefault(rec.name, now)
+        if now - last < limits.scale_to_zero_idle_seconds():
+            return
+        for e in entities:
+            worker = workers.get(e.name)
+            if worker is not None and worker.state == "READY":
+                to_stop.append(workers.pop(e.name))
+                self.scaled_to_zero.setdefault(rec.name, set()).add(e.name)
+                log.info("endpoint %s: served entity %s scaled to zero (idle)", rec.name, e.name)
+
+    def wake(self, name: str) -> list[Worker]:
+        """A request arrived: note it, and load the entities scaled to zero again. Returns
+        the workers loading for a scale from zero, which the request waits for."""
+        with self.lock:
+            rec = self.records.get(name)
+            if rec is None or rec.config is None:
+                return []
+            cold = self.scaled_to_zero.pop(name, set())
+            workers = self.active.setdefault(name, {})
+            waking = self.waking.setdefault(name, set())
+            for e in rec.config.served_entities:
+                if e.name in cold:
+                    worker = self.worker_factory(e)
+                    worker.start()
+                    workers[e.name] = worker
+                    waking.add(e.name)
+                    log.info("endpoint %s: scaling served entity %s up from zero", name, e.name)
+            return [workers[n] for n in waking if n in workers and workers[n].state == "LOADING"]
+
+    def begin(self, name: str) -> None:
+        """A request to ``name`` started: no scale to zero while it is in flight."""
+        with self.lock:
+            self.in_flight[name] = self.in_flight.get(name, 0) + 1
+            self.last_used[name] = self.clock()
+
+    def end(self, name: str) -> None:
+        """A request ended (answered, refused or dropped): the idle period counts from now."""
+        with self.lock:
+            left = self.in_flight.get(name, 0) - 1
+            if left > 0:
+                self.in_flight[name] = left
+            else:
+                self.in_flight.pop(name, None)
+            if name in self.records:
+                self.last_used[name] = self.clock()
+
+    def _forget_scale_to_zero(self, name: str) -> None:
+        for table in (self.last_used, self.scaled_to_zero, self.waking):
+            table.pop(name, None)
 
     def _forget_healing(self, name: str) -> None:
         for key in [k for k in self.healing if k[0] == name]:
@@ -605,8 +731,11 @@ class EndpointManager:
         if rec.config is None:
             return False
         workers = self.active.get(rec.name, {})
+        # an entity scaled to zero (or scaling up from it) still counts as ready, as on
+        # Databricks: the endpoint stays READY and the next request waits for a cold start
+        idle = self.scaled_to_zero.get(rec.name, set()) | self.waking.get(rec.name, set())
         return all(
-            workers.get(e.name) is not None and workers[e.name].state == "READY"
+            e.name in idle or (workers.get(e.name) is not None and workers[e.name].state == "READY")
             for e in rec.config.served_entities
         )
 
@@ -618,10 +747,14 @@ class EndpointManager:
         worker = (self.active if active else self.pending).get(rec.name, {}).get(entity.name)
         if entity.failed_message is not None:
             return render.served_model_state("DEPLOYMENT_FAILED", entity.failed_message)
+        if active and entity.name in self.scaled_to_zero.get(rec.name, ()):
+            return render.served_model_state("DEPLOYMENT_READY", SCALED_TO_ZERO_MESSAGE)
         if worker is None:
             return render.served_model_state(
                 "DEPLOYMENT_ABORTED", "The served entity is not deployed."
             )
+        if active and worker.state == "LOADING" and entity.name in self.waking.get(rec.name, ()):
+            return render.served_model_state("DEPLOYMENT_READY", SCALING_UP_MESSAGE)
         healing = self.healing.get((rec.name, entity.name)) if active else None
         state = worker.state
         if healing is not None and healing.gave_up:

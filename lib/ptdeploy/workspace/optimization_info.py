@@ -261,6 +261,10 @@ def _replace(desc: ModelDescription, **changes: Any) -> ModelDescription:
     return replace(desc, **changes)
 
 
+# Catalogs every local workspace has (see RegistryCatalog.catalog_names).
+BUILTIN_CATALOGS = ("main", "system")
+
+
 class RegistryCatalog:
     """Looks model versions up in an MLflow registry (the local SQLite one by default).
 
@@ -310,6 +314,20 @@ class RegistryCatalog:
         desc = describe(mlmodel, artifacts, name, version)
         self._cache[key] = desc
         return desc
+
+    def catalog_names(self) -> list[str]:
+        """The Unity Catalog catalogs of the local workspace: ``main`` and ``system``
+        (every Unity Catalog workspace has them), plus the first level of every
+        registered model's name (registering ``ml.team.model`` creates catalog ``ml``)."""
+        names = set(BUILTIN_CATALOGS)
+        for model in self.client.search_registered_models(max_results=1000):
+            parts = str(model.name).split(".")
+            if len(parts) == 3:
+                names.add(parts[0])
+        return sorted(names)
+
+    def catalog_exists(self, name: str) -> bool:
+        return name in BUILTIN_CATALOGS or name in self.catalog_names()
 
     def _not_found_message(self, name: str, version: str) -> str:
         from mlflow.exceptions import MlflowException

@@ -177,3 +177,11 @@ def tags(rec: st.EndpointRecord) -> dict[str, Any]:
 def ai_gateway(gateway: dict[str, Any]) -> dict[str, Any]:
     """``PutAiGatewayResponse``."""
     return sv.PutAiGatewayResponse.from_dict(gateway).as_dict()
+
+
+def catalog(name: str) -> dict[str, Any]:
+    """A Unity Catalog catalog (``CatalogInfo``) of the local workspace."""
+    from databricks.sdk.service.catalog import CatalogInfo, CatalogType
+
+    kind = CatalogType.SYSTEM_CATALOG if name == "system" else CatalogType.MANAGED_CATALOG
+    return CatalogInfo(name=name, full_name=name, catalog_type=kind, owner="local").as_dict()
