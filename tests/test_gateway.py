@@ -14,9 +14,9 @@ from fakes import Catalog, ReadyWorker
 from ptdeploy import flow, gateway, inference_tables, registry, specs
 from ptdeploy.endpoints import EndpointSpec, GatewaySpec, InferenceTable, create_or_update
 from ptdeploy.errors import ParameterError, PromotionError
+from ptdeploy.names import USAGE_TABLE
 from ptdeploy.parameters import Params
 from ptdeploy.throughput import ThroughputPlan
-from ptdeploy.workspace.tables import USAGE_TABLE
 
 MODEL = "main.default.gw_model"
 
@@ -187,7 +187,7 @@ def test_the_reader_returns_dataframes_of_the_local_tables(tmp_path, monkeypatch
     from ptdeploy.workspace.tables import GatewayTables
 
     monkeypatch.setenv("PTDEPLOY_HOME", str(tmp_path))
-    tables = GatewayTables(state.workspace_dir() / "tables")
+    tables = GatewayTables(state.workspace_dir())
     gw = {
         "usage_tracking_config": {"enabled": True},
         "inference_table_config": {"catalog_name": "main", "schema_name": "s", "enabled": True},

@@ -16,8 +16,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ptdeploy.names import USAGE_TABLE
+from ptdeploy.state import gateway_table_path
 from ptdeploy.targets import Target
-from ptdeploy.workspace.tables import TABLES_DIR, USAGE_TABLE, table_path
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -53,9 +54,7 @@ PAYLOAD_COLUMNS = (
 
 def local_path(table: str) -> Path:
     """The JSON-lines file of ``table`` in the local workspace's state directory."""
-    from ptdeploy import state
-
-    return table_path(state.workspace_dir() / TABLES_DIR, table)
+    return gateway_table_path(table)
 
 
 def _local(table: str, columns: tuple[str, ...]) -> pd.DataFrame:

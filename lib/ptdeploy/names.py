@@ -101,3 +101,9 @@ def check_alias(alias: str) -> str:
             "choose another, e.g. 'champion'."
         )
     return alias
+
+
+# The AI Gateway's tables (https://docs.databricks.com/aws/en/ai-gateway/configure-ai-gateway-endpoints):
+# usage lands in a system table, payloads in ``<catalog>.<schema>.<prefix>_payload``.
+USAGE_TABLE = "system.serving.endpoint_usage"
+PAYLOAD_SUFFIX = "_payload"

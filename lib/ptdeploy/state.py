@@ -84,3 +84,9 @@ def workspace_dir() -> Path:
     path = state_dir() / "workspace"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def gateway_table_path(table: str, workspace: Path | None = None) -> Path:
+    """The JSON-lines file of AI Gateway table ``table`` (a checked three-level name) in the
+    local workspace's state: the server appends rows, ``inference_tables`` reads them."""
+    return (workspace or workspace_dir()) / "tables" / f"{table}.jsonl"

@@ -28,7 +28,7 @@ from ptdeploy.workspace import render
 from ptdeploy.workspace import store as st
 from ptdeploy.workspace.protocol import invalid, not_found, unavailable
 from ptdeploy.workspace.schemas import TASK_COMPLETIONS
-from ptdeploy.workspace.tables import TABLES_DIR, GatewayTables
+from ptdeploy.workspace.tables import GatewayTables
 from ptdeploy.workspace.validation import (
     Catalog,
     check_endpoint_name,
@@ -178,7 +178,7 @@ class EndpointManager:
         self.calls: dict[str, deque[float]] = {}
         self.healing_policy = healing or HealingPolicy()
         self.healing: dict[tuple[str, str], _Healing] = {}
-        self.tables = GatewayTables(store.root.parent / TABLES_DIR)
+        self.tables = GatewayTables(store.root.parent)
         # scale to zero: last request per endpoint, entities unloaded, entities waking up
         self.last_used: dict[str, float] = {}
         self.scaled_to_zero: dict[str, set[str]] = {}

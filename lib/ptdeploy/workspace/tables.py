@@ -33,12 +33,10 @@ from pathlib import Path
 from typing import Any
 
 from ptdeploy.limits import MAX_LOGGED_PAYLOAD_BYTES
+from ptdeploy.names import PAYLOAD_SUFFIX, USAGE_TABLE
+from ptdeploy.state import gateway_table_path
 
 log = logging.getLogger("ptdeploy.workspace.server")
-
-TABLES_DIR = "tables"
-USAGE_TABLE = "system.serving.endpoint_usage"
-PAYLOAD_SUFFIX = "_payload"
 
 
 def payload_table(gateway: dict[str, Any] | None, endpoint: str) -> str | None:
@@ -54,11 +52,6 @@ def usage_tracking(gateway: dict[str, Any] | None) -> bool:
     return bool(((gateway or {}).get("usage_tracking_config") or {}).get("enabled"))
 
 
-def table_path(root: Path, table: str) -> Path:
-    """Where the local workspace keeps rows of ``table`` (a checked UC three-level name)."""
-    return Path(root) / f"{table}.jsonl"
-
-
 def _usage_counts(response: Any) -> tuple[int | None, int | None]:
     usage = response.get("usage") if isinstance(response, dict) else None
     if not isinstance(usage, dict):
@@ -69,15 +62,16 @@ def _usage_counts(response: Any) -> tuple[int | None, int | None]:
 class GatewayTables:
     """Appends the rows of the usage and payload tables (one lock: lines never interleave)."""
 
-    def __init__(self, root: Path) -> None:
-        self.root = Path(root)
+    def __init__(self, workspace: Path) -> None:
+        self.workspace = Path(workspace)
         self.lock = threading.Lock()
 
     def _append(self, table: str, row: dict[str, Any]) -> None:
         line = json.dumps(row, separators=(",", ":"), default=str) + "\n"
         with self.lock:
-            self.root.mkdir(parents=True, exist_ok=True)
-            with table_path(self.root, table).open("a", encoding="utf-8") as fh:
+            path = gateway_table_path(table, self.workspace)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("a", encoding="utf-8") as fh:
                 fh.write(line)
 
     def record(
