@@ -165,10 +165,64 @@ def estimate_tokens_per_second(parameter_count: int, kind: str = "causal-lm") ->
 
 
 def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """The matrix product every batch-invariant linear goes through (tests swap it)."""
+    """The matrix product every batch-invariant linear goes through (tests swap it).
+
+    A weight packed by ``pack_linear_weights`` goes through oneDNN's prepacked kernel.
+    """
     import torch.nn.functional as F
 
+    packed = getattr(weight, "ptdeploy_packed", None)
+    if packed is not None:
+        import torch
+
+        return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
     return F.linear(x, weight, bias)
+
+
+def pack_linear_weights(model: Any, max_rows: int) -> bool:
+    """Give every linear weight a oneDNN prepacked twin (``weight.ptdeploy_packed``).
+
+    Measured on the 2-core AMD EPYC (AVX2), one torch thread, SmolLM2-135M's shapes: MKL's
+    sgemm repacks the weight at every call, so a row-padded product costs 2-3x a
+    matrix-vector one (lm_head 22 ms against 9 ms for one row); oneDNN's kernel on a
+    weight packed once costs 13 ms for one row and 24 ms for eight (MKL: 28), and gave
+    every row the same bits at every row count from 1 to 16. Nothing is assumed from
+    that: ``calibrate_linear_rows`` measures the packed kernel like any other, and the
+    engine drops the packing where it calibrates worse (``unpack_linear_weights``). The
+    dense weights stay (tied embeddings read them): the packing costs one more copy of
+    the linear weights in memory. False when this torch has no oneDNN or the dtype is
+    not packable.
+    """
+    import torch
+
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        for weight in _linear_weights(model):
+            weight.ptdeploy_packed = torch.ops.mkldnn._reorder_linear_weight(
+                weight.detach(), max_rows
+            )
+    except Exception as exc:  # an unsupported dtype or build: the dense kernels serve
+        log.info("oneDNN weight packing not available: %s", exc)
+        unpack_linear_weights(model)
+        return False
+    return True
+
+
+def unpack_linear_weights(model: Any) -> None:
+    for weight in _linear_weights(model):
+        if hasattr(weight, "ptdeploy_packed"):
+            del weight.ptdeploy_packed
+
+
+def _linear_weights(model: Any) -> list[torch.Tensor]:
+    import torch
+
+    seen: dict[int, torch.Tensor] = {}
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            seen.setdefault(id(module.weight), module.weight)
+    return list(seen.values())
 
 
 def padded_linear(
@@ -189,11 +243,14 @@ def padded_linear(
 
 
 def _invariant_linear_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
-    """``nn.Linear.forward`` with rows padded to the calibrated multiple (module docstring)."""
+    """``nn.Linear.forward`` with rows padded to the calibrated multiple (module docstring),
+    or not padded at the row counts where calibration found the same bits without it."""
     shape = x.shape
-    out = padded_linear(
-        x.reshape(-1, shape[-1]), self.weight, self.bias, self.ptdeploy_row_multiple
-    )
+    rows = x.reshape(-1, shape[-1])
+    if rows.shape[0] in self.ptdeploy_unpadded:
+        out = _linear(rows, self.weight, self.bias)
+    else:
+        out = padded_linear(rows, self.weight, self.bias, self.ptdeploy_row_multiple)
     return out.reshape(*shape[:-1], out.shape[-1])
 
 
@@ -215,6 +272,48 @@ def _rows_invariant(linear: Any, probe: torch.Tensor, max_rows: int, multiple: i
     return True
 
 
+def _unpadded_row_counts(
+    linear: Any, probe: torch.Tensor, max_rows: int, multiple: int
+) -> frozenset[int]:
+    """The row counts at which the plain product gives every row its padded bits.
+
+    Padding only costs: where ``m`` rows multiplied as they are give bitwise what each
+    row gets padded to ``multiple`` (alone, so at every batch size), the padding is
+    skipped. Multiples of ``multiple`` are such counts by definition.
+    """
+    import torch
+
+    weight, bias = linear.weight, linear.bias
+    alone = padded_linear(probe[:max_rows], weight, bias, multiple)  # invariant: as alone
+    counts = set()
+    for m in range(1, max_rows + 1):
+        if (
+            multiple != PER_ROW
+            and m % multiple == 0
+            or torch.equal(_linear(probe[:m], weight, bias), alone[:m])
+        ):
+            counts.add(m)
+    return frozenset(counts)
+
+
+def _linear_groups(model: Any) -> dict[tuple[int, int, bool], list[Any]]:
+    """The model's linear modules by (in, out, bias) shape: kernels depend on the shape only."""
+    import torch
+
+    groups: dict[tuple[int, int, bool], list[Any]] = {}
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            key = (module.in_features, module.out_features, module.bias is not None)
+            groups.setdefault(key, []).append(module)
+    return groups
+
+
+def _probe(module: Any, rows: int, generator: torch.Generator) -> torch.Tensor:
+    import torch
+
+    return torch.randn(rows, module.in_features, generator=generator, dtype=module.weight.dtype)
+
+
 def calibrate_linear_rows(model: Any, max_rows: int) -> int:
     """The smallest row multiple under which the model's linears are batch-invariant here.
 
@@ -226,23 +325,14 @@ def calibrate_linear_rows(model: Any, max_rows: int) -> int:
     """
     import torch
 
-    shapes: dict[tuple[int, int, bool], Any] = {}
-    for module in model.modules():
-        if isinstance(module, torch.nn.Linear):
-            shapes.setdefault(
-                (module.in_features, module.out_features, module.bias is not None), module
-            )
+    shapes = {key: group[0] for key, group in _linear_groups(model).items()}
     max_rows = max(1, int(max_rows))
     candidates = sorted({c for c in LINEAR_ROW_CANDIDATES if c < max_rows} | {max_rows})
     generator = torch.Generator().manual_seed(0)
     with torch.inference_mode():
+        # the largest padded size any candidate reaches
         probes = {
-            key: torch.randn(
-                max_rows + candidates[-1],  # the largest padded size any candidate reaches
-                key[0],
-                generator=generator,
-                dtype=module.weight.dtype,
-            )
+            key: _probe(module, max_rows + candidates[-1], generator)
             for key, module in shapes.items()
         }
         for multiple in candidates:
@@ -252,6 +342,25 @@ def calibrate_linear_rows(model: Any, max_rows: int) -> int:
             ):
                 return multiple
     return PER_ROW
+
+
+def calibrate_unpadded_rows(model: Any, max_rows: int, multiple: int) -> None:
+    """Measure, per linear shape, the row counts that need no padding (``_unpadded_row_counts``).
+
+    Kept on each module per (torch threads, multiple); ``set_linear_row_multiple`` applies it.
+    """
+    import torch
+
+    key = (torch.get_num_threads(), multiple)
+    max_rows = max(1, int(max_rows))
+    generator = torch.Generator().manual_seed(2)
+    with torch.inference_mode():
+        for group in _linear_groups(model).values():
+            counts = _unpadded_row_counts(
+                group[0], _probe(group[0], max_rows, generator), max_rows, multiple
+            )
+            for module in group:
+                module.__dict__.setdefault("ptdeploy_unpadded_by", {})[key] = counts
 
 
 def _rowwise_attention(
@@ -338,7 +447,7 @@ def make_batch_invariant(model: Any, max_rows: int) -> int | None:
     except Exception as exc:  # a model class that refuses custom attention
         log.warning("row-wise attention not available for %s: %s", model_type, exc)
         return None
-    multiple = calibrate_linear_rows(model, max_rows)
+    multiple = calibrate_linear_rows_packed(model, max_rows)
     set_linear_row_multiple(model, multiple)
     for module in model.modules():
         if isinstance(module, torch.nn.Linear):
@@ -346,12 +455,32 @@ def make_batch_invariant(model: Any, max_rows: int) -> int | None:
     return multiple
 
 
+def calibrate_linear_rows_packed(model: Any, max_rows: int) -> int:
+    """Pack the linear weights for oneDNN and calibrate; unpack if that calibrates worse.
+
+    The row multiple, as ``calibrate_linear_rows``; the row counts that need no padding
+    are measured too (``calibrate_unpadded_rows``).
+    """
+    packed = pack_linear_weights(model, max_rows)
+    multiple = calibrate_linear_rows(model, max_rows)
+    if packed and multiple == PER_ROW:  # this CPU's oneDNN kernel is not invariant: MKL's?
+        unpack_linear_weights(model)
+        multiple = calibrate_linear_rows(model, max_rows)
+    calibrate_unpadded_rows(model, max_rows, multiple)
+    return multiple
+
+
 def set_linear_row_multiple(model: Any, multiple: int) -> None:
+    """Pad every linear's rows to ``multiple``, except at the row counts calibrated for it
+    with torch's current thread count (``calibrate_unpadded_rows``; none if not calibrated)."""
     import torch
 
+    key = (torch.get_num_threads(), multiple)
     for module in model.modules():
         if isinstance(module, torch.nn.Linear):
             module.ptdeploy_row_multiple = multiple
+            by = module.__dict__.get("ptdeploy_unpadded_by", {})
+            module.ptdeploy_unpadded = by.get(key, frozenset())
 
 
 # ------------------------------------------------------------------ generation rows
@@ -436,6 +565,7 @@ class Engine:
         self.batch_invariant = False
         # calibrated linear row multiple per torch thread count (None: standard attention)
         self._row_multiples: dict[int, int] = {}
+        self._applied_rows: tuple[int, int] | None = None  # (threads, multiple) on the modules
         self._token_cache: dict[int, tuple[str, tuple[int, ...]]] = {}
         if task == TASK_EMBEDDINGS:
             self.embed_max_length = min(
@@ -952,11 +1082,17 @@ class Engine:
         """MKL splits work by thread count: calibrate again when it changed since loading."""
         import torch
 
+        if not self.rowwise:
+            return
         threads = torch.get_num_threads()
-        if self.rowwise and threads not in self._row_multiples:
-            self._row_multiples[threads] = calibrate_linear_rows(self.model, self.max_batch_rows)
-        if self.rowwise:
-            set_linear_row_multiple(self.model, self._row_multiples[threads])
+        if threads not in self._row_multiples:
+            multiple = calibrate_linear_rows(self.model, self.max_batch_rows)
+            calibrate_unpadded_rows(self.model, self.max_batch_rows, multiple)
+            self._row_multiples[threads] = multiple
+        applied = (threads, self._row_multiples[threads])
+        if applied != self._applied_rows:  # walking the modules every step costs ~1 ms
+            set_linear_row_multiple(self.model, applied[1])
+            self._applied_rows = applied
 
     def _generate(
         self, rows: list[_Row], on_row_done: Callable[[int, _Generated], None] | None = None
