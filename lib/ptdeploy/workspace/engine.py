@@ -116,6 +116,8 @@ ROWWISE_MODEL_TYPES = ("llama",)
 # calibrate_linear_rows); PER_ROW: each row multiplied on its own.
 LINEAR_ROW_CANDIDATES = (4, 8, 16)
 PER_ROW = 0
+# Row counts at which calibrate_prefill_rows checks one prefill pass of several prompts.
+PREFILL_PROBE_SIZES = (24, 33, 64, 127, 256, 512)
 
 
 class ModelLoadError(PtdeployError):
@@ -363,6 +365,34 @@ def calibrate_unpadded_rows(model: Any, max_rows: int, multiple: int) -> None:
                 module.__dict__.setdefault("ptdeploy_unpadded_by", {})[key] = counts
 
 
+def calibrate_prefill_rows(model: Any, max_rows: int) -> int:
+    """Up to how many rows one prefill pass may multiply and still give each row its bits alone.
+
+    Prefilling several prompts in one pass multiplies ``prompts x longest`` rows at once
+    through every linear but the output layer (which sees one row per prompt). Measured
+    with the modules' own (calibrated) forward, for each shape: at each size of
+    ``PREFILL_PROBE_SIZES`` the first and last rows of the product must equal the same
+    rows multiplied alone; the result is the largest size before the first that fails
+    (0 when even the smallest does: one prompt per pass, the shapes it has alone).
+    """
+    import torch
+
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    shapes = [g[0] for g in _linear_groups(model).values() if all(m is not output for m in g)]
+    generator = torch.Generator().manual_seed(3)
+    limit = 0
+    with torch.inference_mode():
+        for size in sorted(s for s in PREFILL_PROBE_SIZES if s > max_rows):
+            for module in shapes:
+                probe = _probe(module, size, generator)
+                together = module(probe)
+                for i in (*range(min(4, size)), *range(max(4, size - 4), size)):
+                    if not torch.equal(together[i], module(probe[i : i + 1])[0]):
+                        return limit
+            limit = size
+    return limit
+
+
 def _rowwise_attention(
     module: Any,
     query: torch.Tensor,
@@ -566,6 +596,7 @@ class Engine:
         # calibrated linear row multiple per torch thread count (None: standard attention)
         self._row_multiples: dict[int, int] = {}
         self._applied_rows: tuple[int, int] | None = None  # (threads, multiple) on the modules
+        self._prefill_rows: dict[int, int] = {}  # per torch thread count: see prefill_rows
         self._token_cache: dict[int, tuple[str, tuple[int, ...]]] = {}
         if task == TASK_EMBEDDINGS:
             self.embed_max_length = min(
@@ -583,6 +614,9 @@ class Engine:
             multiple = make_batch_invariant(self.model, self.max_batch_rows)
             if multiple is not None:
                 self._row_multiples[torch.get_num_threads()] = multiple
+                self._prefill_rows[torch.get_num_threads()] = calibrate_prefill_rows(
+                    self.model, self.max_batch_rows
+                )
                 self.batch_invariant = self._check_batch_invariance()
 
     # ------------------------------------------------------------------ loading
@@ -1089,6 +1123,9 @@ class Engine:
             multiple = calibrate_linear_rows(self.model, self.max_batch_rows)
             calibrate_unpadded_rows(self.model, self.max_batch_rows, multiple)
             self._row_multiples[threads] = multiple
+            self._applied_rows = None
+            set_linear_row_multiple(self.model, multiple)  # prefill calibration runs the modules
+            self._prefill_rows[threads] = calibrate_prefill_rows(self.model, self.max_batch_rows)
         applied = (threads, self._row_multiples[threads])
         if applied != self._applied_rows:  # walking the modules every step costs ~1 ms
             set_linear_row_multiple(self.model, applied[1])
@@ -1110,27 +1147,50 @@ class Engine:
             batch.step()
         return results
 
-    def _prefill(self, ids: list[int]) -> tuple[torch.Tensor, list[tuple[Any, Any]]]:
-        """One prompt, alone: its next-token logits and its KV cache (keys, values per layer).
+    def _prefill(
+        self, prompts: list[list[int]]
+    ) -> tuple[list[torch.Tensor], list[tuple[Any, Any]], list[int]]:
+        """Prompts prefilled together: each one's next-token logits, the KV cache (keys,
+        values per layer, prompts left-padded to the longest) and each one's padding.
 
-        Each row is prefilled with exactly the shapes it has when it is the only request,
-        so its prefill cannot depend on the rest of the batch (module docstring, 2).
+        Each row gets exactly the bits it gets alone (module docstring, 2): several rows
+        are prefilled in one forward pass only with row-wise attention (each row attends
+        to its own tokens with its own shapes) and within ``prefill_rows`` (the token
+        count up to which the calibrated linears give every row its bits alone); else
+        the engine prefills them one at a time (``GenerationBatch``).
         """
         import torch
         from transformers import DynamicCache
 
+        width = max(len(ids) for ids in prompts)
+        starts = [width - len(ids) for ids in prompts]
         cache = DynamicCache()
-        extra = {"ptdeploy_kv_start": [0]} if self.rowwise else {}
+        extra = {"ptdeploy_kv_start": starts} if self.rowwise else {}
         out = self.model(
-            input_ids=torch.tensor([ids], dtype=torch.long),
-            position_ids=torch.arange(len(ids), dtype=torch.long)[None],
+            input_ids=torch.tensor(
+                [[self.pad_id] * s + ids for s, ids in zip(starts, prompts, strict=True)],
+                dtype=torch.long,
+            ),
+            position_ids=torch.tensor(
+                [[0] * s + list(range(len(ids))) for s, ids in zip(starts, prompts, strict=True)],
+                dtype=torch.long,
+            ),
             past_key_values=cache,
             use_cache=True,
             logits_to_keep=1,
             **extra,
         )
         layers = [(layer.keys, layer.values) for layer in cache.layers]
-        return out.logits[0, -1, :].float(), layers
+        logits = out.logits[:, -1, :].float()
+        return list(logits), layers, starts
+
+    @property
+    def prefill_rows(self) -> int:
+        """Prompt tokens one prefill pass may hold for torch's current thread count (0: one
+        prompt per pass)."""
+        import torch
+
+        return self._prefill_rows.get(torch.get_num_threads(), 0) if self.rowwise else 0
 
     def _next_token(self, row: _Row, gen: _Generated, logits: torch.Tensor) -> int:
         import torch
@@ -1313,8 +1373,10 @@ class GenerationBatch:
         engine = self.engine
         engine._calibrate_for_threads()
         with torch.inference_mode():
-            while self.waiting and len(self.active) < engine.max_batch_rows:
-                self._admit(self.waiting.pop(0))
+            room = engine.max_batch_rows - len(self.active)
+            if self.waiting and room > 0:
+                admitted, self.waiting = self.waiting[:room], self.waiting[room:]
+                self._admit(admitted)
             keep = []
             for slot in self.active:
                 engine._next_token(slot.row, slot.gen, slot.logits)
@@ -1334,26 +1396,43 @@ class GenerationBatch:
                 self._decode()
         self.steps += 1
 
-    def _admit(self, slot: _Slot) -> None:
+    def _admit(self, slots: list[_Slot]) -> None:
+        """Prefill the slots (together where the engine can, ``Engine._prefill``) and join
+        their KV caches to the batch's, left-padded to a common width."""
+        limit = self.engine.prefill_rows
+        group: list[_Slot] = []
+        for slot in slots:
+            longest = max([len(s.row.prompt_ids) for s in group] + [len(slot.row.prompt_ids)])
+            if group and (len(group) + 1) * longest > limit:
+                self._join(group)
+                group = []
+            group.append(slot)
+        if group:
+            self._join(group)
+
+    def _join(self, slots: list[_Slot]) -> None:
         import torch
 
-        logits, layers = self.engine._prefill(slot.row.prompt_ids)
-        length = len(slot.row.prompt_ids)
-        slot.logits, slot.position = logits, length
+        logits, layers, starts = self.engine._prefill([s.row.prompt_ids for s in slots])
+        width = len(slots[0].row.prompt_ids) + starts[0]
+        for slot, slot_logits, start in zip(slots, logits, starts, strict=True):
+            slot.logits, slot.position, slot.start = slot_logits, width - start, start
         if not self.active:
             from transformers import DynamicCache
 
             self.cache = DynamicCache(ddp_cache_data=layers)
-            self.width, slot.start = length, 0
-            self.active.append(slot)
+            self.width = width
+            self.active.extend(slots)
             return
-        if length > self.width:  # widen the batch: more left padding for every row
-            self._pad_left(length - self.width)
-        slot.start = self.width - length
+        if width > self.width:  # widen the batch: more left padding for every row
+            self._pad_left(width - self.width)
+        pad = self.width - width
+        for slot in slots:
+            slot.start += pad
         for layer, (k, v) in zip(self.cache.layers, layers, strict=True):
-            layer.keys = torch.cat([layer.keys, _pad_left(k, slot.start)])
-            layer.values = torch.cat([layer.values, _pad_left(v, slot.start)])
-        self.active.append(slot)
+            layer.keys = torch.cat([layer.keys, _pad_left(k, pad)])
+            layer.values = torch.cat([layer.values, _pad_left(v, pad)])
+        self.active.extend(slots)
 
     def _pad_left(self, pad: int) -> None:
         for layer in self.cache.layers:
