@@ -128,9 +128,9 @@ class ModelLoadError(PtdeployError):
 
 # Calibrated with this engine on the project's 2-core machine (float32): see
 # estimate_tokens_per_second.
-STEP_OVERHEAD_S = 0.003  # Python and kernel launches of one decode step (tiny-llama)
-MEMORY_BANDWIDTH = 4.0e9  # bytes/s: a decode step reads every float32 weight once
-CPU_FLOPS = 2.0e10  # sustained FLOP/s of skinny (8-row) matmuls
+STEP_OVERHEAD_S = 0.004  # Python and kernel launches of one decode step (tiny-llama)
+MEMORY_BANDWIDTH = 9.0e9  # bytes/s: a decode step reads every float32 weight once
+CPU_FLOPS = 3.5e10  # sustained FLOP/s of skinny (8-row) matmuls on prepacked weights
 ENCODER_FLOPS = 1.2e11  # sustained FLOP/s of an encoder's full-batch forward pass
 DECODE_BATCH = 8
 
@@ -149,10 +149,14 @@ def estimate_tokens_per_second(parameter_count: int, kind: str = "causal-lm") ->
     - encoders (``kind="encoder"``) embed whole batches in one forward pass:
       ``tokens/s = ENCODER_FLOPS / 2P``.
 
-    Calibration (this engine, 2 cores, other work running): tiny-llama (0.14 M
-    parameters) about 2,500 tokens/s at batch 8; SmolLM2-135M 20-30 tokens/s at batch 8
-    (8 at batch 1); all-MiniLM-L6-v2 (22.7 M) about 3,000 tokens/s at batch 32. The
-    formula gives 2,460, 32 and 2,640. The result is at least 1.
+    Calibration (this engine, one torch thread, CPU time so that other work on the
+    2-core machine counts less; 2026-11-29, prepacked oneDNN linears): tiny-llama (0.14 M
+    parameters) about 1,300 tokens/s at batch 8 (Python-bound, hence the overhead);
+    SmolLM2-135M 64 tokens/s at batch 8 and 14 at batch 1 (the two points give the
+    bandwidth and FLOP rate); all-MiniLM-L6-v2 (22.7 M) about 2,300-3,000 tokens/s at
+    batch 8-32. The formula gives 1,937, 64 (14 at B=1) and 2,641. Before prepacked
+    weights, the same machine gave SmolLM2 20-30 tokens/s at batch 8 (constants 0.003 s,
+    4e9 B/s, 2e10 FLOP/s). The result is at least 1.
     """
     p = max(int(parameter_count), 1)
     if kind == "encoder":
@@ -175,10 +179,15 @@ def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) ->
 
     packed = getattr(weight, "ptdeploy_packed", None)
     if packed is not None:
-        import torch
-
-        return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+        return _packed_linear_op()(x, packed, bias, "none", [], "")
     return F.linear(x, weight, bias)
+
+
+@functools.cache
+def _packed_linear_op() -> Any:
+    import torch
+
+    return torch.ops.mkldnn._linear_pointwise.default
 
 
 def pack_linear_weights(model: Any, max_rows: int) -> bool:
@@ -248,11 +257,11 @@ def _invariant_linear_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
     """``nn.Linear.forward`` with rows padded to the calibrated multiple (module docstring),
     or not padded at the row counts where calibration found the same bits without it."""
     shape = x.shape
-    rows = x.reshape(-1, shape[-1])
-    if rows.shape[0] in self.ptdeploy_unpadded:
-        out = _linear(rows, self.weight, self.bias)
-    else:
-        out = padded_linear(rows, self.weight, self.bias, self.ptdeploy_row_multiple)
+    if math.prod(shape[:-1]) in self.ptdeploy_unpadded:  # the kernels flatten leading dims
+        return _linear(x, self.weight, self.bias)
+    out = padded_linear(
+        x.reshape(-1, shape[-1]), self.weight, self.bias, self.ptdeploy_row_multiple
+    )
     return out.reshape(*shape[:-1], out.shape[-1])
 
 
@@ -431,6 +440,17 @@ def _rowwise_attention(
     if q_len not in (1, kv_len):
         raise NotImplementedError("row-wise attention serves full prefill and 1-token decode")
     groups = getattr(module, "num_key_value_groups", 1)
+    if batch == 1 and starts[0] == 0:  # one row, no padding: what the loop does, without it
+        if groups > 1:
+            key, value = repeat_kv(key, groups), repeat_kv(value, groups)
+        o = F.scaled_dot_product_attention(
+            query.contiguous(),
+            key.contiguous(),
+            value.contiguous(),
+            is_causal=q_len > 1,
+            scale=scaling,
+        )
+        return o.transpose(1, 2).contiguous(), None
     out = query.new_zeros(batch, q_len, heads, head_dim)
     for b, start in enumerate(starts):
         k = key[b : b + 1, :, start:, :]
