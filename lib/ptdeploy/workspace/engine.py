@@ -451,23 +451,74 @@ def _rowwise_attention(
             scale=scaling,
         )
         return o.transpose(1, 2).contiguous(), None
+    import torch
+
     out = query.new_zeros(batch, q_len, heads, head_dim)
-    for b, start in enumerate(starts):
-        k = key[b : b + 1, :, start:, :]
-        v = value[b : b + 1, :, start:, :]
+    row_groups = kwargs.pop("ptdeploy_row_groups", None) or [[b] for b in range(batch)]
+    for rows in row_groups:  # rows of one group have the same padding, so the same shapes
+        start = starts[rows[0]]
+        if rows == list(range(rows[0], rows[-1] + 1)):
+            sel: Any = slice(rows[0], rows[-1] + 1)
+        else:
+            sel = torch.tensor(rows, dtype=torch.long)
+        k, v = key[sel, :, start:, :], value[sel, :, start:, :]
         if groups > 1:
             k, v = repeat_kv(k, groups), repeat_kv(v, groups)
         if q_len == 1:  # decode: the new token attends to every valid key
-            q = query[b : b + 1].contiguous()
+            q = query[sel].contiguous()
             o = F.scaled_dot_product_attention(q, k.contiguous(), v.contiguous(), scale=scaling)
-            out[b] = o[0].transpose(0, 1)
+            out[sel] = o.transpose(1, 2)
         else:  # prefill: valid queries, causal over valid keys
-            q = query[b : b + 1, :, start:, :].contiguous()
+            q = query[sel, :, start:, :].contiguous()
             o = F.scaled_dot_product_attention(
                 q, k.contiguous(), v.contiguous(), is_causal=True, scale=scaling
             )
-            out[b, start:] = o[0].transpose(0, 1)
+            out[sel, start:] = o.transpose(1, 2)
     return out, None
+
+
+def attention_rows_invariant(model: Any, max_rows: int) -> bool:
+    """Does SDPA give a row the same bits alone and beside rows of the same shapes?
+
+    Measured (model's head count and size, decode and causal prefill, a few lengths and
+    batch sizes up to ``max_rows``). True: rows with the same padding share one attention
+    call (``row_groups``); False: every row gets its own call.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    config = model.config
+    heads = int(config.num_attention_heads)
+    head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
+    generator = torch.Generator().manual_seed(4)
+    dtype = next(model.parameters()).dtype
+    with torch.inference_mode():
+        for length in (1, 7, 33):
+            for batch in sorted({2, 3, max(2, int(max_rows))}):
+                for q_len in {1, length}:
+                    q, k, v = (
+                        torch.randn(batch, heads, n, head_dim, generator=generator, dtype=dtype)
+                        for n in (q_len, length, length)
+                    )
+                    causal = q_len > 1
+                    together = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+                    for i in range(batch):
+                        alone = F.scaled_dot_product_attention(
+                            q[i : i + 1], k[i : i + 1], v[i : i + 1], is_causal=causal
+                        )
+                        if not torch.equal(together[i : i + 1], alone):
+                            return False
+    return True
+
+
+def row_groups(starts: Sequence[int], together: bool) -> list[list[int]]:
+    """Rows that may share an attention call: the same padding (``together``), else none."""
+    if not together:
+        return [[b] for b in range(len(starts))]
+    groups: dict[int, list[int]] = {}
+    for b, start in enumerate(starts):
+        groups.setdefault(start, []).append(b)
+    return list(groups.values())
 
 
 def _register_rowwise_attention() -> None:
@@ -617,6 +668,7 @@ class Engine:
         self._row_multiples: dict[int, int] = {}
         self._applied_rows: tuple[int, int] | None = None  # (threads, multiple) on the modules
         self._prefill_rows: dict[int, int] = {}  # per torch thread count: see prefill_rows
+        self._group_attention: dict[int, bool] = {}  # per thread count: see group_attention
         self._token_cache: dict[int, tuple[str, tuple[int, ...]]] = {}
         if task == TASK_EMBEDDINGS:
             self.embed_max_length = min(
@@ -635,6 +687,9 @@ class Engine:
             if multiple is not None:
                 self._row_multiples[torch.get_num_threads()] = multiple
                 self._prefill_rows[torch.get_num_threads()] = calibrate_prefill_rows(
+                    self.model, self.max_batch_rows
+                )
+                self._group_attention[torch.get_num_threads()] = attention_rows_invariant(
                     self.model, self.max_batch_rows
                 )
                 self.batch_invariant = self._check_batch_invariance()
@@ -740,9 +795,13 @@ class Engine:
         return 0
 
     def _check_batch_invariance(self) -> bool:
-        """Prefill and one decode step of two rows, alone and together: bitwise equal?"""
+        """Prefill and one decode step of three rows, alone and together: bitwise equal?"""
         vocab = int(self.model.config.vocab_size)
-        prompts = [[(7 * i + 3) % vocab for i in range(6)], [(5 * i + 1) % vocab for i in range(2)]]
+        prompts = [  # two of the same length: they share attention calls where allowed
+            [(7 * i + 3) % vocab for i in range(6)],
+            [(5 * i + 1) % vocab for i in range(2)],
+            [(11 * i + 2) % vocab for i in range(6)],
+        ]
         rows = [_Row(p, max_new_tokens=2, top_logprobs=3) for p in prompts]
         alone = [self._generate([r])[0] for r in rows]
         together = self._generate(rows)
@@ -1146,6 +1205,9 @@ class Engine:
             self._applied_rows = None
             set_linear_row_multiple(self.model, multiple)  # prefill calibration runs the modules
             self._prefill_rows[threads] = calibrate_prefill_rows(self.model, self.max_batch_rows)
+            self._group_attention[threads] = attention_rows_invariant(
+                self.model, self.max_batch_rows
+            )
         applied = (threads, self._row_multiples[threads])
         if applied != self._applied_rows:  # walking the modules every step costs ~1 ms
             set_linear_row_multiple(self.model, applied[1])
@@ -1185,7 +1247,14 @@ class Engine:
         width = max(len(ids) for ids in prompts)
         starts = [width - len(ids) for ids in prompts]
         cache = DynamicCache()
-        extra = {"ptdeploy_kv_start": starts} if self.rowwise else {}
+        extra = (
+            {
+                "ptdeploy_kv_start": starts,
+                "ptdeploy_row_groups": row_groups(starts, self.group_attention),
+            }
+            if self.rowwise
+            else {}
+        )
         out = self.model(
             input_ids=torch.tensor(
                 [[self.pad_id] * s + ids for s, ids in zip(starts, prompts, strict=True)],
@@ -1203,6 +1272,13 @@ class Engine:
         layers = [(layer.keys, layer.values) for layer in cache.layers]
         logits = out.logits[:, -1, :].float()
         return list(logits), layers, starts
+
+    @property
+    def group_attention(self) -> bool:
+        """Rows with the same padding share one attention call (``attention_rows_invariant``)."""
+        import torch
+
+        return self._group_attention.get(torch.get_num_threads(), False)
 
     @property
     def prefill_rows(self) -> int:
@@ -1483,7 +1559,15 @@ class GenerationBatch:
         rows = len(self.active)
         starts = torch.tensor([s.start for s in self.active], dtype=torch.long)
         mask = (torch.arange(self.width + 1)[None, :] >= starts[:, None]).long()
-        extra = {"ptdeploy_kv_start": [s.start for s in self.active]} if engine.rowwise else {}
+        starts_list = [s.start for s in self.active]
+        extra = (
+            {
+                "ptdeploy_kv_start": starts_list,
+                "ptdeploy_row_groups": row_groups(starts_list, engine.group_attention),
+            }
+            if engine.rowwise
+            else {}
+        )
         out = engine.model(
             input_ids=torch.tensor([[s.gen.token_ids[-1]] for s in self.active], dtype=torch.long),
             attention_mask=mask,
