@@ -406,6 +406,34 @@ def bare_load_seconds(name: str, version: str, tracking_uri: str, threads: int) 
     return {"process_s": time.perf_counter() - started, **measured}
 
 
+def wait_for_quiet_children(pid: int, quiet_s: float = 1.0, timeout_s: float = 180.0) -> float:
+    """Wait until the worker processes of server ``pid`` (spares included) have used less
+    than 5 % of a core over ``quiet_s``: a spare that finished its imports. Seconds waited."""
+    started = time.perf_counter()
+
+    def cpu_seconds() -> dict[int, float]:
+        out: dict[int, float] = {}
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+                if int(fields[1]) == pid and b"spawn_main" in (proc / "cmdline").read_bytes():
+                    ticks = os.sysconf("SC_CLK_TCK")
+                    out[int(proc.name)] = (int(fields[11]) + int(fields[12])) / ticks
+        return out
+
+    before = cpu_seconds()
+    while time.perf_counter() - started < timeout_s:
+        time.sleep(quiet_s)
+        after = cpu_seconds()
+        busy = [p for p, t in after.items() if t - before.get(p, 0.0) > 0.05 * quiet_s]
+        if not busy:
+            break
+        before = after
+    return time.perf_counter() - started
+
+
 def load_average() -> str:
     with contextlib.suppress(OSError):
         return " ".join(f"{x:.2f}" for x in os.getloadavg())
