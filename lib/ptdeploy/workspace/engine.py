@@ -48,15 +48,25 @@ fixes each:
    model it finds the smallest row multiple (4, 8, 16, ... up to the largest decode
    batch) under which every row gets the same bits at every batch size and position,
    and pads each ``nn.Linear``'s rows to it. Where no multiple works, each row is
-   multiplied on its own (``PER_ROW``): slower, invariant by construction. The result
-   is kept per torch thread count (``Engine.linear_row_multiple``).
-2. Prefill would multiply ``batch x width`` rows at once, a size no single request
-   has alone: each row is prefilled on its own, with exactly the shapes it has alone,
-   and the rows' KV caches are then joined (left-padded) for batched decoding.
+   multiplied on its own (``PER_ROW``): slower, invariant by construction. It also
+   records, per shape, the row counts at which the plain product already gives the
+   padded bits (no padding there: ``calibrate_unpadded_rows``). The weights are first
+   prepacked for oneDNN (``pack_linear_weights``): MKL repacks the weight at every call,
+   which made padded products 2-3x a one-row product, while the prepacked kernel is
+   invariant at every row count on the AMD EPYC here; calibration measures it like any
+   kernel and drops the packing where it does worse. The results are kept per torch
+   thread count (``Engine.linear_row_multiple``).
+2. Prefill would multiply ``prompts x width`` rows at once, a size no single request
+   has alone. Prompts admitted together share one prefill pass only up to the row count
+   at which the calibrated linears were measured to give every row its bits alone
+   (``calibrate_prefill_rows``, ``Engine.prefill_rows``; 512 here); beyond it, or when
+   even the smallest size fails, each prompt is prefilled on its own, with exactly the
+   shapes it has alone. The KV caches are joined (left-padded) for batched decoding.
 3. Attention over a left-padded batch sums over masked keys and shifted positions,
    which rounds differently. The engine registers a row-wise attention
    (``ptdeploy_rowwise``): each row attends only to its own valid keys, with exactly
-   the shapes it would have alone.
+   the shapes it would have alone; rows of the same length share one SDPA call where
+   SDPA was measured batch-invariant (``attention_rows_invariant``).
 
 Greedy argmax over logits that differ in the 7th digit can pick another token, so this
 is what makes "same request, same answer, whatever else is in the batch" true. The
