@@ -54,8 +54,8 @@ fixes each:
    prepacked for oneDNN (``pack_linear_weights``): MKL repacks the weight at every call,
    which made padded products 2-3x a one-row product, while the prepacked kernel is
    invariant at every row count on the AMD EPYC here; calibration measures it like any
-   kernel and drops the packing where it does worse. The results are kept per torch
-   thread count (``Engine.linear_row_multiple``).
+   kernel and drops the packing if only one row at a time keeps it invariant. The
+   results are kept per torch thread count (``Engine.linear_row_multiple``).
 2. Prefill would multiply ``prompts x width`` rows at once, a size no single request
    has alone. Prompts admitted together share one prefill pass only up to the row count
    at which the calibrated linears were measured to give every row its bits alone
@@ -209,8 +209,8 @@ def pack_linear_weights(model: Any, max_rows: int) -> bool:
     weight packed once costs 13 ms for one row and 24 ms for eight (MKL: 28), and gave
     every row the same bits at every row count from 1 to 16. Nothing is assumed from
     that: ``calibrate_linear_rows`` measures the packed kernel like any other, and the
-    engine drops the packing where it calibrates worse (``unpack_linear_weights``). The
-    dense weights stay (tied embeddings read them): the packing costs one more copy of
+    engine drops the packing if only ``PER_ROW`` keeps it invariant
+    (``unpack_linear_weights``). The dense weights stay (tied embeddings read them): the packing costs one more copy of
     the linear weights in memory. False when this torch has no oneDNN or the dtype is
     not packable.
     """
@@ -567,7 +567,7 @@ def make_batch_invariant(model: Any, max_rows: int) -> int | None:
 
 
 def calibrate_linear_rows_packed(model: Any, max_rows: int) -> int:
-    """Pack the linear weights for oneDNN and calibrate; unpack if that calibrates worse.
+    """Pack the linear weights for oneDNN and calibrate; unpack if only PER_ROW holds with it.
 
     The row multiple, as ``calibrate_linear_rows``; the row counts that need no padding
     are measured too (``calibrate_unpadded_rows``).
