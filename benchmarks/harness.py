@@ -170,6 +170,52 @@ def in_process_level(engine: Any, workload: Workload, concurrency: int) -> Level
     from ptdeploy.workspace.schemas import parse_request
 
     request = parse_request(workload.task.value, workload.query_kwargs())
+
+    def serve(size: int) -> list[tuple[float, Any]]:
+        done: dict[int, tuple[float, Any]] = {}
+
+        def answered(i: int, response: Any) -> None:
+            done[i] = (time.perf_counter(), response)
+
+        engine.serve([request] * size, on_response=answered)
+        return [done[i] for i in range(size)]
+
+    return batched_level(serve, workload, concurrency)
+
+
+def generate_level(model: Any, tokenizer: Any, workload: Workload, concurrency: int) -> LevelResult:
+    """Plain ``model.generate`` (greedy, ``max_new_tokens``) on batches of ``concurrency``
+    copies of the prompt: what transformers gives without any server. Every row of a
+    batch is answered when the batch ends."""
+    import torch
+
+    inputs = tokenizer([workload.text], return_tensors="pt")
+    prompt_tokens = int(inputs["input_ids"].shape[1])
+
+    def serve(size: int) -> list[tuple[float, Any]]:
+        batch = {k: v.repeat(size, 1) for k, v in inputs.items()}
+        with torch.inference_mode():
+            out = model.generate(
+                **batch,
+                max_new_tokens=workload.max_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
+            )
+        t1 = time.perf_counter()
+        new = int(out.shape[1]) - prompt_tokens
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": new}
+        usage["total_tokens"] = prompt_tokens + new
+        return [(t1, {"usage": usage})] * size
+
+    return batched_level(serve, workload, concurrency)
+
+
+def batched_level(
+    serve: Callable[[int], list[tuple[float, Any]]], workload: Workload, concurrency: int
+) -> LevelResult:
+    """Closed loop of batches: ``serve(size)`` answers ``size`` identical requests and
+    returns (answer time, response or exception) for each; no new batch after the
+    workload's count or time cap."""
     count_cap = workload.requests_per_level(concurrency)
     samples: list[Sample] = []
     start = time.perf_counter()
@@ -181,14 +227,7 @@ def in_process_level(engine: Any, workload: Workload, concurrency: int) -> Level
         size = min(concurrency, count_cap - len(samples))
         t0 = time.perf_counter()
         offset = len(samples)
-        done: dict[int, tuple[float, Any]] = {}
-
-        def answered(i: int, response: Any, done: dict[int, tuple[float, Any]] = done) -> None:
-            done[i] = (time.perf_counter(), response)
-
-        engine.serve([request] * size, on_response=answered)
-        for i in range(size):
-            t1, response = done[i]
+        for i, (t1, response) in enumerate(serve(size)):
             ok = not isinstance(response, Exception)
             usage = response.get("usage", {}) if ok else {}
             samples.append(
@@ -365,6 +404,34 @@ def bare_load_seconds(name: str, version: str, tracking_uri: str, threads: int) 
     )
     measured = json.loads(out.stdout.strip().splitlines()[-1])
     return {"process_s": time.perf_counter() - started, **measured}
+
+
+def wait_for_quiet_children(pid: int, quiet_s: float = 1.0, timeout_s: float = 180.0) -> float:
+    """Wait until the worker processes of server ``pid`` (spares included) have used less
+    than 5 % of a core over ``quiet_s``: a spare that finished its imports. Seconds waited."""
+    started = time.perf_counter()
+
+    def cpu_seconds() -> dict[int, float]:
+        out: dict[int, float] = {}
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+                if int(fields[1]) == pid and b"spawn_main" in (proc / "cmdline").read_bytes():
+                    ticks = os.sysconf("SC_CLK_TCK")
+                    out[int(proc.name)] = (int(fields[11]) + int(fields[12])) / ticks
+        return out
+
+    before = cpu_seconds()
+    while time.perf_counter() - started < timeout_s:
+        time.sleep(quiet_s)
+        after = cpu_seconds()
+        busy = [p for p, t in after.items() if t - before.get(p, 0.0) > 0.05 * quiet_s]
+        if not busy:
+            break
+        before = after
+    return time.perf_counter() - started
 
 
 def load_average() -> str:

@@ -19,7 +19,9 @@ request when the previous one is answered; every level capped in requests and se
 * ``mlflow serve``: ``mlflow models serve -m models:/NAME/VERSION --env-manager local``
   on the same registered version, same request body;
 * ``in-process``: the engine in this process, ``concurrency`` requests per batch (no
-  HTTP, no pipes: what batching could give at best).
+  HTTP, no pipes: what batching could give at best);
+* ``plain generate`` (completions): transformers' ``model.generate`` on the same
+  registered weights, batches of ``concurrency`` prompts, the worker's torch threads.
 
 The results (markdown) are printed and written to ``benchmarks/results/serving-<date>.md``.
 See ``benchmarks/README.md`` for how to read them.
@@ -51,10 +53,12 @@ from harness import (  # noqa: E402
     MlflowServe,
     Workload,
     bare_load_seconds,
+    generate_level,
     http_level,
     in_process_level,
     load_average,
     run_levels,
+    wait_for_quiet_children,
     warm_up,
 )
 from ptdeploy.loadtest import LevelResult, Task  # noqa: E402
@@ -63,7 +67,8 @@ LOCAL_BATCHED = "local batched"
 LOCAL_UNBATCHED = "local unbatched"
 MLFLOW_SERVE = "mlflow serve"
 IN_PROCESS = "in-process"
-SERVERS = (LOCAL_BATCHED, LOCAL_UNBATCHED, MLFLOW_SERVE, IN_PROCESS)
+PLAIN_GENERATE = "plain generate"
+SERVERS = (LOCAL_BATCHED, LOCAL_UNBATCHED, MLFLOW_SERVE, IN_PROCESS, PLAIN_GENERATE)
 DESIGN_TARGET_RPS = 150.0  # DESIGN.md: MiniLM embeddings, local engine, concurrency 8
 
 
@@ -179,17 +184,27 @@ def local_workspace(batching: bool) -> Iterator[Any]:
 def create_endpoint(w: Any, model: BenchModel, version: str) -> float:
     """Create the endpoint (deleting a leftover first); seconds from create to READY."""
     from ptdeploy import endpoints, optimization, throughput
+    from ptdeploy.workspace import control
 
     endpoints.delete_endpoint(w, model.endpoint)
     info = optimization.get_optimization_info(w, model.registered_name, version)
     plan = throughput.plan_from_info(info, 1, 1)
     spec = endpoints.EndpointSpec(model.endpoint, model.registered_name, version, plan)
+    # Measured as a user of a running workspace sees it: its spare worker has done its
+    # imports (right after the server starts, or after the last create, it is still busy).
+    wait_for_quiet_children(control.status().pid)
     t0 = time.perf_counter()
     endpoints.create_or_update(w, spec, timeout=600, progress=False, poll_interval=0.25)
     return time.perf_counter() - t0
 
 
 def local_http(w: Any, model: BenchModel) -> HttpEndpoint:
+    """The endpoint's invocations URL, once the server's processes are quiet: the spare
+    that replaces a taken one imports torch and friends for seconds after a worker is
+    READY, and a level measured meanwhile measures that import too."""
+    from ptdeploy.workspace import control
+
+    wait_for_quiet_children(control.status().pid)
     url = f"{w.config.host}/serving-endpoints/{model.endpoint}/invocations"
     return HttpEndpoint(url, token=w.config.token)
 
@@ -270,6 +285,36 @@ def run_in_process(report: Report, chosen: list[BenchModel], versions: dict[str,
             report.levels,
         )
         del engine
+        gc.collect()
+
+
+def run_plain_generate(report: Report, chosen: list[BenchModel], versions: dict[str, str]) -> None:
+    """``model.generate`` on the registered weights, batch = concurrency, greedy."""
+    import torch
+    from ptdeploy import state
+    from ptdeploy.workspace.engine import resolve_model_version
+    from ptdeploy.workspace.worker import default_torch_threads
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    threads = default_torch_threads()
+    torch.set_num_threads(threads)
+    for model in chosen:
+        if model.workload.task is Task.EMBEDDINGS:
+            continue
+        print(f"== plain model.generate: {model.key} ({threads} torch thread(s))", flush=True)
+        path, mlmodel = resolve_model_version(
+            model.registered_name, versions[model.key], state.tracking_uri()
+        )
+        binary = mlmodel.flavors["transformers"].get("model_binary", "model")
+        hf_model = AutoModelForCausalLM.from_pretrained(path / binary, dtype=torch.float32).eval()
+        tokenizer = AutoTokenizer.from_pretrained(path / "components" / "tokenizer")
+        warm_up(lambda m=hf_model, t=tokenizer, w=model.workload: generate_level(m, t, w, 1))
+        report.results[(model.key, PLAIN_GENERATE)] = run_levels(
+            f"{model.key} {PLAIN_GENERATE}",
+            lambda c, m=hf_model, t=tokenizer, w=model.workload: generate_level(m, t, w, c),
+            report.levels,
+        )
+        del hf_model
         gc.collect()
 
 
@@ -368,8 +413,9 @@ def render(report: Report, chosen: list[BenchModel], args: argparse.Namespace) -
         "each server at that level alongside.",
         "",
         "| workload | concurrency | local / mlflow serve | local / in-process | "
-        "batched / unbatched | p95 local | p95 unbatched | p95 mlflow serve | p95 in-process |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "local / plain generate | batched / unbatched | p95 local | p95 unbatched | "
+        "p95 mlflow serve | p95 in-process | p95 plain generate |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for model in chosen:
         metric = "req/s" if model.workload.task is Task.EMBEDDINGS else "out tok/s"
@@ -381,10 +427,12 @@ def render(report: Report, chosen: list[BenchModel], args: argparse.Namespace) -
                 f"| {model.key} ({metric}) | {c} | "
                 f"{_ratio(value[LOCAL_BATCHED], value[MLFLOW_SERVE])} | "
                 f"{_ratio(value[LOCAL_BATCHED], value[IN_PROCESS])} | "
+                f"{_ratio(value[LOCAL_BATCHED], value[PLAIN_GENERATE])} | "
                 f"{_ratio(value[LOCAL_BATCHED], value[LOCAL_UNBATCHED])} | "
                 f"{p95[LOCAL_BATCHED]} | {p95[LOCAL_UNBATCHED]} | {p95[MLFLOW_SERVE]} | "
-                f"{p95[IN_PROCESS]} |"
+                f"{p95[IN_PROCESS]} | {p95[PLAIN_GENERATE]} |"
             )
+    lines += goals(report, chosen)
     lines += [
         "",
         "## Start-up",
@@ -412,6 +460,95 @@ def render(report: Report, chosen: list[BenchModel], args: argparse.Namespace) -
     if report.notes:
         lines += ["", "## Notes", "", *(f"- {note}" for note in report.notes)]
     return "\n".join(lines) + "\n"
+
+
+def goals(report: Report, chosen: list[BenchModel]) -> list[str]:
+    """The speed goals of issue 9, each with the ratio this run measured."""
+
+    def level(model: str, server: str, c: int) -> LevelResult | None:
+        return report.results.get((model, server), {}).get(c)
+
+    def tok(model: str, server: str, c: int) -> float | None:
+        lv = level(model, server, c)
+        return lv.output_tokens_per_second if lv else None
+
+    def check(value: float | None, goal: float, below: bool = False) -> str:
+        if value is None:
+            return "–"
+        ok = value <= goal if below else value >= goal
+        return f"{value:.2f} ({'met' if ok else 'NOT met'})"
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return a / b if a is not None and b else None
+
+    rows: list[tuple[str, str, str]] = []
+    keys = {m.key for m in chosen}
+    if "smollm2" in keys:
+        for c, vs_mlflow, vs_generate in ((1, 1.5, 0.9), (8, 3.0, 0.8)):
+            local = tok("smollm2", LOCAL_BATCHED, c)
+            rows.append(
+                (
+                    f"SmolLM2 c={c}, local / mlflow serve (out tok/s)",
+                    f">= {vs_mlflow}",
+                    check(ratio(local, tok("smollm2", MLFLOW_SERVE, c)), vs_mlflow),
+                )
+            )
+            rows.append(
+                (
+                    f"SmolLM2 c={c}, local / plain generate at batch {c} (out tok/s)",
+                    f">= {vs_generate}",
+                    check(ratio(local, tok("smollm2", PLAIN_GENERATE, c)), vs_generate),
+                )
+            )
+        c8, c1 = level("smollm2", LOCAL_BATCHED, 8), level("smollm2", LOCAL_BATCHED, 1)
+        rows.append(
+            (
+                "SmolLM2 local, p95 at c=8 / p50 at c=1 (same max_tokens)",
+                "<= 1.5",
+                check(
+                    ratio(c8.p95_latency_s if c8 else None, c1.p50_latency_s if c1 else None),
+                    1.5,
+                    below=True,
+                ),
+            )
+        )
+    if "minilm" in keys:
+        local = level("minilm", LOCAL_BATCHED, 8)
+        inproc = level("minilm", IN_PROCESS, 8)
+        rps = local.requests_per_second if local else None
+        rows.append(
+            (
+                "MiniLM c=8, local req/s",
+                f">= {DESIGN_TARGET_RPS:.0f}",
+                "–"
+                if rps is None
+                else f"{rps:.1f} ({'met' if rps >= DESIGN_TARGET_RPS else 'NOT met'})",
+            )
+        )
+        rows.append(
+            (
+                "MiniLM c=8, local / in-process at batch 8 (req/s)",
+                ">= 0.8",
+                check(ratio(rps, inproc.requests_per_second if inproc else None), 0.8),
+            )
+        )
+    for model in chosen:
+        ready = report.startup.get(model.key, {}).get("create_to_ready_s")
+        rows.append(
+            (
+                f"{model.key} endpoint create -> READY (s)",
+                "<= 3",
+                check(ready, 3.0, below=True),
+            )
+        )
+    return [
+        "",
+        "## Issue 9 goals, from this run",
+        "",
+        "| goal | target | measured |",
+        "|---|---|---|",
+        *(f"| {name} | {target} | {value} |" for name, target, value in rows),
+    ]
 
 
 def _cpu_model() -> str:
@@ -468,6 +605,7 @@ def main(argv: list[str] | None = None) -> int:
         run_local(report, chosen, versions)
         run_mlflow_serve(report, chosen, versions, home)
         run_in_process(report, chosen, versions)
+        run_plain_generate(report, chosen, versions)
         run_bare_loads(report, chosen, versions)
     except BaseException:
         print(f"failed; logs kept in {home}", file=sys.stderr)

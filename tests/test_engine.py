@@ -167,6 +167,29 @@ def test_batched_greedy_stays_identical_on_other_kernels(monkeypatch, blas, expe
     assert [a["choices"] for a in alone] != [t["choices"] for t in together]
 
 
+def _rounds_above_32_rows(x, weight, bias):
+    """A BLAS whose kernels change (and round differently) above 32 rows."""
+    import torch.nn.functional as F
+
+    y = F.linear(x, weight, bias)
+    return y + y * 2.0**-20 if x.shape[0] > 32 else y
+
+
+def test_prompts_share_a_prefill_pass_only_as_far_as_rows_keep_their_bits(monkeypatch):
+    """Prompts arriving together are prefilled in one pass only up to the row count the
+    engine measured safe; beyond it they are prefilled apart, and answers stay identical."""
+    monkeypatch.setattr(engine_module, "_linear", _rounds_above_32_rows)
+    loaded = models.build_tiny_llama()
+    engine = Engine(loaded.model, loaded.tokenizer, TASK_COMPLETIONS, seed=0)
+    assert 0 < engine.prefill_rows <= 32
+    alone, together = _alone_and_together(engine)
+    assert [a["choices"] for a in alone] == [t["choices"] for t in together]
+    # and the calibration is what makes it so: one pass for all five prompts would not
+    engine._prefill_rows = dict.fromkeys(engine._prefill_rows, 512)
+    alone, together = _alone_and_together(engine)
+    assert [a["choices"] for a in alone] != [t["choices"] for t in together]
+
+
 def test_a_new_thread_count_is_calibrated_before_generating(completions):
     import torch
 

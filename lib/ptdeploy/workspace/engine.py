@@ -48,15 +48,25 @@ fixes each:
    model it finds the smallest row multiple (4, 8, 16, ... up to the largest decode
    batch) under which every row gets the same bits at every batch size and position,
    and pads each ``nn.Linear``'s rows to it. Where no multiple works, each row is
-   multiplied on its own (``PER_ROW``): slower, invariant by construction. The result
-   is kept per torch thread count (``Engine.linear_row_multiple``).
-2. Prefill would multiply ``batch x width`` rows at once, a size no single request
-   has alone: each row is prefilled on its own, with exactly the shapes it has alone,
-   and the rows' KV caches are then joined (left-padded) for batched decoding.
+   multiplied on its own (``PER_ROW``): slower, invariant by construction. It also
+   records, per shape, the row counts at which the plain product already gives the
+   padded bits (no padding there: ``calibrate_unpadded_rows``). The weights are first
+   prepacked for oneDNN (``pack_linear_weights``): MKL repacks the weight at every call,
+   which made padded products 2-3x a one-row product, while the prepacked kernel is
+   invariant at every row count on the AMD EPYC here; calibration measures it like any
+   kernel and drops the packing if only one row at a time keeps it invariant. The
+   results are kept per torch thread count (``Engine.linear_row_multiple``).
+2. Prefill would multiply ``prompts x width`` rows at once, a size no single request
+   has alone. Prompts admitted together share one prefill pass only up to the row count
+   at which the calibrated linears were measured to give every row its bits alone
+   (``calibrate_prefill_rows``, ``Engine.prefill_rows``; 512 here); beyond it, or when
+   even the smallest size fails, each prompt is prefilled on its own, with exactly the
+   shapes it has alone. The KV caches are joined (left-padded) for batched decoding.
 3. Attention over a left-padded batch sums over masked keys and shifted positions,
    which rounds differently. The engine registers a row-wise attention
    (``ptdeploy_rowwise``): each row attends only to its own valid keys, with exactly
-   the shapes it would have alone.
+   the shapes it would have alone; rows of the same length share one SDPA call where
+   SDPA was measured batch-invariant (``attention_rows_invariant``).
 
 Greedy argmax over logits that differ in the 7th digit can pick another token, so this
 is what makes "same request, same answer, whatever else is in the batch" true. The
@@ -116,6 +126,8 @@ ROWWISE_MODEL_TYPES = ("llama",)
 # calibrate_linear_rows); PER_ROW: each row multiplied on its own.
 LINEAR_ROW_CANDIDATES = (4, 8, 16)
 PER_ROW = 0
+# Row counts at which calibrate_prefill_rows checks one prefill pass of several prompts.
+PREFILL_PROBE_SIZES = (24, 33, 64, 127, 256, 512)
 
 
 class ModelLoadError(PtdeployError):
@@ -126,9 +138,9 @@ class ModelLoadError(PtdeployError):
 
 # Calibrated with this engine on the project's 2-core machine (float32): see
 # estimate_tokens_per_second.
-STEP_OVERHEAD_S = 0.003  # Python and kernel launches of one decode step (tiny-llama)
-MEMORY_BANDWIDTH = 4.0e9  # bytes/s: a decode step reads every float32 weight once
-CPU_FLOPS = 2.0e10  # sustained FLOP/s of skinny (8-row) matmuls
+STEP_OVERHEAD_S = 0.004  # Python and kernel launches of one decode step (tiny-llama)
+MEMORY_BANDWIDTH = 9.0e9  # bytes/s: a decode step reads every float32 weight once
+CPU_FLOPS = 3.5e10  # sustained FLOP/s of skinny (8-row) matmuls on prepacked weights
 ENCODER_FLOPS = 1.2e11  # sustained FLOP/s of an encoder's full-batch forward pass
 DECODE_BATCH = 8
 
@@ -147,10 +159,14 @@ def estimate_tokens_per_second(parameter_count: int, kind: str = "causal-lm") ->
     - encoders (``kind="encoder"``) embed whole batches in one forward pass:
       ``tokens/s = ENCODER_FLOPS / 2P``.
 
-    Calibration (this engine, 2 cores, other work running): tiny-llama (0.14 M
-    parameters) about 2,500 tokens/s at batch 8; SmolLM2-135M 20-30 tokens/s at batch 8
-    (8 at batch 1); all-MiniLM-L6-v2 (22.7 M) about 3,000 tokens/s at batch 32. The
-    formula gives 2,460, 32 and 2,640. The result is at least 1.
+    Calibration (this engine, one torch thread, CPU time so that other work on the
+    2-core machine counts less; 2026-11-29, prepacked oneDNN linears): tiny-llama (0.14 M
+    parameters) about 1,300 tokens/s at batch 8 (Python-bound, hence the overhead);
+    SmolLM2-135M 64 tokens/s at batch 8 and 14 at batch 1 (the two points give the
+    bandwidth and FLOP rate); all-MiniLM-L6-v2 (22.7 M) about 2,300-3,000 tokens/s at
+    batch 8-32. The formula gives 1,937, 64 (14 at B=1) and 2,641. Before prepacked
+    weights, the same machine gave SmolLM2 20-30 tokens/s at batch 8 (constants 0.003 s,
+    4e9 B/s, 2e10 FLOP/s). The result is at least 1.
     """
     p = max(int(parameter_count), 1)
     if kind == "encoder":
@@ -165,10 +181,69 @@ def estimate_tokens_per_second(parameter_count: int, kind: str = "causal-lm") ->
 
 
 def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """The matrix product every batch-invariant linear goes through (tests swap it)."""
+    """The matrix product every batch-invariant linear goes through (tests swap it).
+
+    A weight packed by ``pack_linear_weights`` goes through oneDNN's prepacked kernel.
+    """
     import torch.nn.functional as F
 
+    packed = getattr(weight, "ptdeploy_packed", None)
+    if packed is not None:
+        return _packed_linear_op()(x, packed, bias, "none", [], "")
     return F.linear(x, weight, bias)
+
+
+@functools.cache
+def _packed_linear_op() -> Any:
+    import torch
+
+    return torch.ops.mkldnn._linear_pointwise.default
+
+
+def pack_linear_weights(model: Any, max_rows: int) -> bool:
+    """Give every linear weight a oneDNN prepacked twin (``weight.ptdeploy_packed``).
+
+    Measured on the 2-core AMD EPYC (AVX2), one torch thread, SmolLM2-135M's shapes: MKL's
+    sgemm repacks the weight at every call, so a row-padded product costs 2-3x a
+    matrix-vector one (lm_head 22 ms against 9 ms for one row); oneDNN's kernel on a
+    weight packed once costs 13 ms for one row and 24 ms for eight (MKL: 28), and gave
+    every row the same bits at every row count from 1 to 16. Nothing is assumed from
+    that: ``calibrate_linear_rows`` measures the packed kernel like any other, and the
+    engine drops the packing if only ``PER_ROW`` keeps it invariant
+    (``unpack_linear_weights``). The dense weights stay (tied embeddings read them): the packing costs one more copy of
+    the linear weights in memory. False when this torch has no oneDNN or the dtype is
+    not packable.
+    """
+    import torch
+
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        for weight in _linear_weights(model):
+            weight.ptdeploy_packed = torch.ops.mkldnn._reorder_linear_weight(
+                weight.detach(), max_rows
+            )
+    except Exception as exc:  # an unsupported dtype or build: the dense kernels serve
+        log.info("oneDNN weight packing not available: %s", exc)
+        unpack_linear_weights(model)
+        return False
+    return True
+
+
+def unpack_linear_weights(model: Any) -> None:
+    for weight in _linear_weights(model):
+        if hasattr(weight, "ptdeploy_packed"):
+            del weight.ptdeploy_packed
+
+
+def _linear_weights(model: Any) -> list[torch.Tensor]:
+    import torch
+
+    seen: dict[int, torch.Tensor] = {}
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            seen.setdefault(id(module.weight), module.weight)
+    return list(seen.values())
 
 
 def padded_linear(
@@ -189,8 +264,11 @@ def padded_linear(
 
 
 def _invariant_linear_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
-    """``nn.Linear.forward`` with rows padded to the calibrated multiple (module docstring)."""
+    """``nn.Linear.forward`` with rows padded to the calibrated multiple (module docstring),
+    or not padded at the row counts where calibration found the same bits without it."""
     shape = x.shape
+    if math.prod(shape[:-1]) in self.ptdeploy_unpadded:  # the kernels flatten leading dims
+        return _linear(x, self.weight, self.bias)
     out = padded_linear(
         x.reshape(-1, shape[-1]), self.weight, self.bias, self.ptdeploy_row_multiple
     )
@@ -215,6 +293,48 @@ def _rows_invariant(linear: Any, probe: torch.Tensor, max_rows: int, multiple: i
     return True
 
 
+def _unpadded_row_counts(
+    linear: Any, probe: torch.Tensor, max_rows: int, multiple: int
+) -> frozenset[int]:
+    """The row counts at which the plain product gives every row its padded bits.
+
+    Padding only costs: where ``m`` rows multiplied as they are give bitwise what each
+    row gets padded to ``multiple`` (alone, so at every batch size), the padding is
+    skipped. Multiples of ``multiple`` are such counts by definition.
+    """
+    import torch
+
+    weight, bias = linear.weight, linear.bias
+    alone = padded_linear(probe[:max_rows], weight, bias, multiple)  # invariant: as alone
+    counts = set()
+    for m in range(1, max_rows + 1):
+        if (
+            multiple != PER_ROW
+            and m % multiple == 0
+            or torch.equal(_linear(probe[:m], weight, bias), alone[:m])
+        ):
+            counts.add(m)
+    return frozenset(counts)
+
+
+def _linear_groups(model: Any) -> dict[tuple[int, int, bool], list[Any]]:
+    """The model's linear modules by (in, out, bias) shape: kernels depend on the shape only."""
+    import torch
+
+    groups: dict[tuple[int, int, bool], list[Any]] = {}
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            key = (module.in_features, module.out_features, module.bias is not None)
+            groups.setdefault(key, []).append(module)
+    return groups
+
+
+def _probe(module: Any, rows: int, generator: torch.Generator) -> torch.Tensor:
+    import torch
+
+    return torch.randn(rows, module.in_features, generator=generator, dtype=module.weight.dtype)
+
+
 def calibrate_linear_rows(model: Any, max_rows: int) -> int:
     """The smallest row multiple under which the model's linears are batch-invariant here.
 
@@ -226,23 +346,14 @@ def calibrate_linear_rows(model: Any, max_rows: int) -> int:
     """
     import torch
 
-    shapes: dict[tuple[int, int, bool], Any] = {}
-    for module in model.modules():
-        if isinstance(module, torch.nn.Linear):
-            shapes.setdefault(
-                (module.in_features, module.out_features, module.bias is not None), module
-            )
+    shapes = {key: group[0] for key, group in _linear_groups(model).items()}
     max_rows = max(1, int(max_rows))
     candidates = sorted({c for c in LINEAR_ROW_CANDIDATES if c < max_rows} | {max_rows})
     generator = torch.Generator().manual_seed(0)
     with torch.inference_mode():
+        # the largest padded size any candidate reaches
         probes = {
-            key: torch.randn(
-                max_rows + candidates[-1],  # the largest padded size any candidate reaches
-                key[0],
-                generator=generator,
-                dtype=module.weight.dtype,
-            )
+            key: _probe(module, max_rows + candidates[-1], generator)
             for key, module in shapes.items()
         }
         for multiple in candidates:
@@ -252,6 +363,53 @@ def calibrate_linear_rows(model: Any, max_rows: int) -> int:
             ):
                 return multiple
     return PER_ROW
+
+
+def calibrate_unpadded_rows(model: Any, max_rows: int, multiple: int) -> None:
+    """Measure, per linear shape, the row counts that need no padding (``_unpadded_row_counts``).
+
+    Kept on each module per (torch threads, multiple); ``set_linear_row_multiple`` applies it.
+    """
+    import torch
+
+    key = (torch.get_num_threads(), multiple)
+    max_rows = max(1, int(max_rows))
+    generator = torch.Generator().manual_seed(2)
+    with torch.inference_mode():
+        for group in _linear_groups(model).values():
+            counts = _unpadded_row_counts(
+                group[0], _probe(group[0], max_rows, generator), max_rows, multiple
+            )
+            for module in group:
+                module.__dict__.setdefault("ptdeploy_unpadded_by", {})[key] = counts
+
+
+def calibrate_prefill_rows(model: Any, max_rows: int) -> int:
+    """Up to how many rows one prefill pass may multiply and still give each row its bits alone.
+
+    Prefilling several prompts in one pass multiplies ``prompts x longest`` rows at once
+    through every linear but the output layer (which sees one row per prompt). Measured
+    with the modules' own (calibrated) forward, for each shape: at each size of
+    ``PREFILL_PROBE_SIZES`` the first and last rows of the product must equal the same
+    rows multiplied alone; the result is the largest size before the first that fails
+    (0 when even the smallest does: one prompt per pass, the shapes it has alone).
+    """
+    import torch
+
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    shapes = [g[0] for g in _linear_groups(model).values() if all(m is not output for m in g)]
+    generator = torch.Generator().manual_seed(3)
+    limit = 0
+    with torch.inference_mode():
+        for size in sorted(s for s in PREFILL_PROBE_SIZES if s > max_rows):
+            for module in shapes:
+                probe = _probe(module, size, generator)
+                together = module(probe)
+                for i in (*range(min(4, size)), *range(max(4, size - 4), size)):
+                    if not torch.equal(together[i], module(probe[i : i + 1])[0]):
+                        return limit
+            limit = size
+    return limit
 
 
 def _rowwise_attention(
@@ -292,23 +450,85 @@ def _rowwise_attention(
     if q_len not in (1, kv_len):
         raise NotImplementedError("row-wise attention serves full prefill and 1-token decode")
     groups = getattr(module, "num_key_value_groups", 1)
+    if batch == 1 and starts[0] == 0:  # one row, no padding: what the loop does, without it
+        if groups > 1:
+            key, value = repeat_kv(key, groups), repeat_kv(value, groups)
+        o = F.scaled_dot_product_attention(
+            query.contiguous(),
+            key.contiguous(),
+            value.contiguous(),
+            is_causal=q_len > 1,
+            scale=scaling,
+        )
+        return o.transpose(1, 2).contiguous(), None
+    import torch
+
     out = query.new_zeros(batch, q_len, heads, head_dim)
-    for b, start in enumerate(starts):
-        k = key[b : b + 1, :, start:, :]
-        v = value[b : b + 1, :, start:, :]
+    row_groups = kwargs.pop("ptdeploy_row_groups", None) or [[b] for b in range(batch)]
+    for rows in row_groups:  # rows of one group have the same padding, so the same shapes
+        start = starts[rows[0]]
+        if rows == list(range(rows[0], rows[-1] + 1)):
+            sel: Any = slice(rows[0], rows[-1] + 1)
+        else:
+            sel = torch.tensor(rows, dtype=torch.long)
+        k, v = key[sel, :, start:, :], value[sel, :, start:, :]
         if groups > 1:
             k, v = repeat_kv(k, groups), repeat_kv(v, groups)
         if q_len == 1:  # decode: the new token attends to every valid key
-            q = query[b : b + 1].contiguous()
+            q = query[sel].contiguous()
             o = F.scaled_dot_product_attention(q, k.contiguous(), v.contiguous(), scale=scaling)
-            out[b] = o[0].transpose(0, 1)
+            out[sel] = o.transpose(1, 2)
         else:  # prefill: valid queries, causal over valid keys
-            q = query[b : b + 1, :, start:, :].contiguous()
+            q = query[sel, :, start:, :].contiguous()
             o = F.scaled_dot_product_attention(
                 q, k.contiguous(), v.contiguous(), is_causal=True, scale=scaling
             )
-            out[b, start:] = o[0].transpose(0, 1)
+            out[sel, start:] = o.transpose(1, 2)
     return out, None
+
+
+def attention_rows_invariant(model: Any, max_rows: int) -> bool:
+    """Does SDPA give a row the same bits alone and beside rows of the same shapes?
+
+    Measured (model's head count and size, decode and causal prefill, a few lengths and
+    batch sizes up to ``max_rows``). True: rows with the same padding share one attention
+    call (``row_groups``); False: every row gets its own call.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    config = model.config
+    heads = int(config.num_attention_heads)
+    head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
+    generator = torch.Generator().manual_seed(4)
+    dtype = next(model.parameters()).dtype
+    with torch.inference_mode():
+        for length in (1, 7, 33):
+            for batch in sorted({2, 3, max(2, int(max_rows))}):
+                for q_len in {1, length}:
+                    q, k, v = (
+                        torch.randn(batch, heads, n, head_dim, generator=generator, dtype=dtype)
+                        for n in (q_len, length, length)
+                    )
+                    causal = q_len > 1
+                    together = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+                    for i in range(batch):
+                        alone = F.scaled_dot_product_attention(
+                            q[i : i + 1], k[i : i + 1], v[i : i + 1], is_causal=causal
+                        )
+                        if not torch.equal(together[i : i + 1], alone):
+                            return False
+    return True
+
+
+def row_groups(starts: Sequence[int], together: bool) -> list[list[int]]:
+    """Rows that may share an attention call: the same padding (``together``), else none."""
+    if not together:
+        return [[b] for b in range(len(starts))]
+    groups: dict[int, list[int]] = {}
+    for b, start in enumerate(starts):
+        groups.setdefault(start, []).append(b)
+    return list(groups.values())
 
 
 def _register_rowwise_attention() -> None:
@@ -338,7 +558,7 @@ def make_batch_invariant(model: Any, max_rows: int) -> int | None:
     except Exception as exc:  # a model class that refuses custom attention
         log.warning("row-wise attention not available for %s: %s", model_type, exc)
         return None
-    multiple = calibrate_linear_rows(model, max_rows)
+    multiple = calibrate_linear_rows_packed(model, max_rows)
     set_linear_row_multiple(model, multiple)
     for module in model.modules():
         if isinstance(module, torch.nn.Linear):
@@ -346,12 +566,32 @@ def make_batch_invariant(model: Any, max_rows: int) -> int | None:
     return multiple
 
 
+def calibrate_linear_rows_packed(model: Any, max_rows: int) -> int:
+    """Pack the linear weights for oneDNN and calibrate; unpack if only PER_ROW holds with it.
+
+    The row multiple, as ``calibrate_linear_rows``; the row counts that need no padding
+    are measured too (``calibrate_unpadded_rows``).
+    """
+    packed = pack_linear_weights(model, max_rows)
+    multiple = calibrate_linear_rows(model, max_rows)
+    if packed and multiple == PER_ROW:  # this CPU's oneDNN kernel is not invariant: MKL's?
+        unpack_linear_weights(model)
+        multiple = calibrate_linear_rows(model, max_rows)
+    calibrate_unpadded_rows(model, max_rows, multiple)
+    return multiple
+
+
 def set_linear_row_multiple(model: Any, multiple: int) -> None:
+    """Pad every linear's rows to ``multiple``, except at the row counts calibrated for it
+    with torch's current thread count (``calibrate_unpadded_rows``; none if not calibrated)."""
     import torch
 
+    key = (torch.get_num_threads(), multiple)
     for module in model.modules():
         if isinstance(module, torch.nn.Linear):
             module.ptdeploy_row_multiple = multiple
+            by = module.__dict__.get("ptdeploy_unpadded_by", {})
+            module.ptdeploy_unpadded = by.get(key, frozenset())
 
 
 # ------------------------------------------------------------------ generation rows
@@ -436,6 +676,9 @@ class Engine:
         self.batch_invariant = False
         # calibrated linear row multiple per torch thread count (None: standard attention)
         self._row_multiples: dict[int, int] = {}
+        self._applied_rows: tuple[int, int] | None = None  # (threads, multiple) on the modules
+        self._prefill_rows: dict[int, int] = {}  # per torch thread count: see prefill_rows
+        self._group_attention: dict[int, bool] = {}  # per thread count: see group_attention
         self._token_cache: dict[int, tuple[str, tuple[int, ...]]] = {}
         if task == TASK_EMBEDDINGS:
             self.embed_max_length = min(
@@ -453,6 +696,12 @@ class Engine:
             multiple = make_batch_invariant(self.model, self.max_batch_rows)
             if multiple is not None:
                 self._row_multiples[torch.get_num_threads()] = multiple
+                self._prefill_rows[torch.get_num_threads()] = calibrate_prefill_rows(
+                    self.model, self.max_batch_rows
+                )
+                self._group_attention[torch.get_num_threads()] = attention_rows_invariant(
+                    self.model, self.max_batch_rows
+                )
                 self.batch_invariant = self._check_batch_invariance()
 
     # ------------------------------------------------------------------ loading
@@ -556,9 +805,13 @@ class Engine:
         return 0
 
     def _check_batch_invariance(self) -> bool:
-        """Prefill and one decode step of two rows, alone and together: bitwise equal?"""
+        """Prefill and one decode step of three rows, alone and together: bitwise equal?"""
         vocab = int(self.model.config.vocab_size)
-        prompts = [[(7 * i + 3) % vocab for i in range(6)], [(5 * i + 1) % vocab for i in range(2)]]
+        prompts = [  # two of the same length: they share attention calls where allowed
+            [(7 * i + 3) % vocab for i in range(6)],
+            [(5 * i + 1) % vocab for i in range(2)],
+            [(11 * i + 2) % vocab for i in range(6)],
+        ]
         rows = [_Row(p, max_new_tokens=2, top_logprobs=3) for p in prompts]
         alone = [self._generate([r])[0] for r in rows]
         together = self._generate(rows)
@@ -952,11 +1205,23 @@ class Engine:
         """MKL splits work by thread count: calibrate again when it changed since loading."""
         import torch
 
+        if not self.rowwise:
+            return
         threads = torch.get_num_threads()
-        if self.rowwise and threads not in self._row_multiples:
-            self._row_multiples[threads] = calibrate_linear_rows(self.model, self.max_batch_rows)
-        if self.rowwise:
-            set_linear_row_multiple(self.model, self._row_multiples[threads])
+        if threads not in self._row_multiples:
+            multiple = calibrate_linear_rows(self.model, self.max_batch_rows)
+            calibrate_unpadded_rows(self.model, self.max_batch_rows, multiple)
+            self._row_multiples[threads] = multiple
+            self._applied_rows = None
+            set_linear_row_multiple(self.model, multiple)  # prefill calibration runs the modules
+            self._prefill_rows[threads] = calibrate_prefill_rows(self.model, self.max_batch_rows)
+            self._group_attention[threads] = attention_rows_invariant(
+                self.model, self.max_batch_rows
+            )
+        applied = (threads, self._row_multiples[threads])
+        if applied != self._applied_rows:  # walking the modules every step costs ~1 ms
+            set_linear_row_multiple(self.model, applied[1])
+            self._applied_rows = applied
 
     def _generate(
         self, rows: list[_Row], on_row_done: Callable[[int, _Generated], None] | None = None
@@ -974,27 +1239,64 @@ class Engine:
             batch.step()
         return results
 
-    def _prefill(self, ids: list[int]) -> tuple[torch.Tensor, list[tuple[Any, Any]]]:
-        """One prompt, alone: its next-token logits and its KV cache (keys, values per layer).
+    def _prefill(
+        self, prompts: list[list[int]]
+    ) -> tuple[list[torch.Tensor], list[tuple[Any, Any]], list[int]]:
+        """Prompts prefilled together: each one's next-token logits, the KV cache (keys,
+        values per layer, prompts left-padded to the longest) and each one's padding.
 
-        Each row is prefilled with exactly the shapes it has when it is the only request,
-        so its prefill cannot depend on the rest of the batch (module docstring, 2).
+        Each row gets exactly the bits it gets alone (module docstring, 2): several rows
+        are prefilled in one forward pass only with row-wise attention (each row attends
+        to its own tokens with its own shapes) and within ``prefill_rows`` (the token
+        count up to which the calibrated linears give every row its bits alone); else
+        the engine prefills them one at a time (``GenerationBatch``).
         """
         import torch
         from transformers import DynamicCache
 
+        width = max(len(ids) for ids in prompts)
+        starts = [width - len(ids) for ids in prompts]
         cache = DynamicCache()
-        extra = {"ptdeploy_kv_start": [0]} if self.rowwise else {}
+        extra = (
+            {
+                "ptdeploy_kv_start": starts,
+                "ptdeploy_row_groups": row_groups(starts, self.group_attention),
+            }
+            if self.rowwise
+            else {}
+        )
         out = self.model(
-            input_ids=torch.tensor([ids], dtype=torch.long),
-            position_ids=torch.arange(len(ids), dtype=torch.long)[None],
+            input_ids=torch.tensor(
+                [[self.pad_id] * s + ids for s, ids in zip(starts, prompts, strict=True)],
+                dtype=torch.long,
+            ),
+            position_ids=torch.tensor(
+                [[0] * s + list(range(len(ids))) for s, ids in zip(starts, prompts, strict=True)],
+                dtype=torch.long,
+            ),
             past_key_values=cache,
             use_cache=True,
             logits_to_keep=1,
             **extra,
         )
         layers = [(layer.keys, layer.values) for layer in cache.layers]
-        return out.logits[0, -1, :].float(), layers
+        logits = out.logits[:, -1, :].float()
+        return list(logits), layers, starts
+
+    @property
+    def group_attention(self) -> bool:
+        """Rows with the same padding share one attention call (``attention_rows_invariant``)."""
+        import torch
+
+        return self._group_attention.get(torch.get_num_threads(), False)
+
+    @property
+    def prefill_rows(self) -> int:
+        """Prompt tokens one prefill pass may hold for torch's current thread count (0: one
+        prompt per pass)."""
+        import torch
+
+        return self._prefill_rows.get(torch.get_num_threads(), 0) if self.rowwise else 0
 
     def _next_token(self, row: _Row, gen: _Generated, logits: torch.Tensor) -> int:
         import torch
@@ -1177,8 +1479,10 @@ class GenerationBatch:
         engine = self.engine
         engine._calibrate_for_threads()
         with torch.inference_mode():
-            while self.waiting and len(self.active) < engine.max_batch_rows:
-                self._admit(self.waiting.pop(0))
+            room = engine.max_batch_rows - len(self.active)
+            if self.waiting and room > 0:
+                admitted, self.waiting = self.waiting[:room], self.waiting[room:]
+                self._admit(admitted)
             keep = []
             for slot in self.active:
                 engine._next_token(slot.row, slot.gen, slot.logits)
@@ -1198,26 +1502,43 @@ class GenerationBatch:
                 self._decode()
         self.steps += 1
 
-    def _admit(self, slot: _Slot) -> None:
+    def _admit(self, slots: list[_Slot]) -> None:
+        """Prefill the slots (together where the engine can, ``Engine._prefill``) and join
+        their KV caches to the batch's, left-padded to a common width."""
+        limit = self.engine.prefill_rows
+        group: list[_Slot] = []
+        for slot in slots:
+            longest = max([len(s.row.prompt_ids) for s in group] + [len(slot.row.prompt_ids)])
+            if group and (len(group) + 1) * longest > limit:
+                self._join(group)
+                group = []
+            group.append(slot)
+        if group:
+            self._join(group)
+
+    def _join(self, slots: list[_Slot]) -> None:
         import torch
 
-        logits, layers = self.engine._prefill(slot.row.prompt_ids)
-        length = len(slot.row.prompt_ids)
-        slot.logits, slot.position = logits, length
+        logits, layers, starts = self.engine._prefill([s.row.prompt_ids for s in slots])
+        width = len(slots[0].row.prompt_ids) + starts[0]
+        for slot, slot_logits, start in zip(slots, logits, starts, strict=True):
+            slot.logits, slot.position, slot.start = slot_logits, width - start, start
         if not self.active:
             from transformers import DynamicCache
 
             self.cache = DynamicCache(ddp_cache_data=layers)
-            self.width, slot.start = length, 0
-            self.active.append(slot)
+            self.width = width
+            self.active.extend(slots)
             return
-        if length > self.width:  # widen the batch: more left padding for every row
-            self._pad_left(length - self.width)
-        slot.start = self.width - length
+        if width > self.width:  # widen the batch: more left padding for every row
+            self._pad_left(width - self.width)
+        pad = self.width - width
+        for slot in slots:
+            slot.start += pad
         for layer, (k, v) in zip(self.cache.layers, layers, strict=True):
-            layer.keys = torch.cat([layer.keys, _pad_left(k, slot.start)])
-            layer.values = torch.cat([layer.values, _pad_left(v, slot.start)])
-        self.active.append(slot)
+            layer.keys = torch.cat([layer.keys, _pad_left(k, pad)])
+            layer.values = torch.cat([layer.values, _pad_left(v, pad)])
+        self.active.extend(slots)
 
     def _pad_left(self, pad: int) -> None:
         for layer in self.cache.layers:
@@ -1248,7 +1569,15 @@ class GenerationBatch:
         rows = len(self.active)
         starts = torch.tensor([s.start for s in self.active], dtype=torch.long)
         mask = (torch.arange(self.width + 1)[None, :] >= starts[:, None]).long()
-        extra = {"ptdeploy_kv_start": [s.start for s in self.active]} if engine.rowwise else {}
+        starts_list = [s.start for s in self.active]
+        extra = (
+            {
+                "ptdeploy_kv_start": starts_list,
+                "ptdeploy_row_groups": row_groups(starts_list, engine.group_attention),
+            }
+            if engine.rowwise
+            else {}
+        )
         out = engine.model(
             input_ids=torch.tensor([[s.gen.token_ids[-1]] for s in self.active], dtype=torch.long),
             attention_mask=mask,

@@ -29,7 +29,7 @@ fixed overhead plus ``2·P`` FLOPs per sequence for causal LMs, ``2·P`` FLOPs p
 token for encoders, at a CPU FLOP rate calibrated on the project's 2-core machine),
 rounded *down* to a multiple of 10, at least 10. A formula, not a measurement at request
 time: the answer is the same every time, as notebooks compute multiples of it. For
-example tiny-llama (140k parameters) gets 1940, SmolLM2-135M 70, all-MiniLM-L6-v2 440,
+example tiny-llama (140k parameters) gets 1930, SmolLM2-135M 60, all-MiniLM-L6-v2 2640,
 an 8B Llama the minimum, 10.
 
 P is counted exactly from the safetensors headers of the logged weights; without

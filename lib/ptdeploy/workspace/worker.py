@@ -552,6 +552,7 @@ def _spare_main(conn: Any) -> None:
 
     import ptdeploy.workspace.engine  # noqa: F401
 
+    _warm_up_loading()
     try:
         message = conn.recv()
     except (EOFError, OSError):  # the server went away before needing this spare
@@ -559,6 +560,23 @@ def _spare_main(conn: Any) -> None:
     if not (isinstance(message, tuple) and message and message[0] == "load"):
         os._exit(0)
     _worker_main(conn, message[1])
+
+
+def _warm_up_loading() -> None:
+    """What a spare can do before it knows its model, measured on the 2-core machine:
+    the first ``MlflowClient`` on the local registry costs about 2 s (its SQLAlchemy store
+    checks the schema; later clients on the same URI reuse it: 0.03 s), and transformers
+    imports a model family's modules on first use (Llama, BERT: the families served here)."""
+    with contextlib.suppress(Exception):
+        from mlflow import MlflowClient
+
+        from ptdeploy import state
+
+        uri = state.tracking_uri()
+        MlflowClient(tracking_uri=uri, registry_uri=uri)
+    with contextlib.suppress(Exception):
+        import transformers.models.bert.modeling_bert  # noqa: F401
+        import transformers.models.llama.modeling_llama  # noqa: F401
 
 
 # ---------------------------------------------------------------------- the process
