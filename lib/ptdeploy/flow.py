@@ -67,6 +67,8 @@ STEPS = ("all", *JOB_STEPS)
 def start(spec: ParameterSpec, namespace: dict[str, Any]) -> Params:
     """Resolve the notebook's parameters and point MLflow at the target."""
     p = parameters.resolve(spec, namespace)
+    if p.get("steps", "all") != "register":  # the run will reach the endpoint
+        targets.warm_up(p.target)
     experiment = targets.configure_mlflow(p.target)
     print(f"target: {p.target} | registry: {targets.registry_uri(p.target)}", end="")
     print(f" | experiment: {experiment}" if experiment else "")

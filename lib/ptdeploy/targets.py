@@ -9,6 +9,7 @@ SDK's unified auth (environment, profile or notebook context), never a token par
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import os
 from typing import TYPE_CHECKING
@@ -127,6 +128,26 @@ def workspace_client(target: Target | str, profile: str | None = None) -> Worksp
         ws = control.ensure_running()
         return WorkspaceClient(host=ws.host, token=ws.token, auth_type="pat")
     return databricks_client(profile)
+
+
+def warm_up(target: Target | str) -> None:
+    """Start the local workspace in a background thread (nothing for ``databricks``).
+
+    A notebook calls this before registering its model, so the server and its spare worker
+    import torch and MLflow while the register step runs, instead of after it. A failure
+    here is left for ``workspace_client`` to raise where the user reads it.
+    """
+    if Target(target) is not Target.LOCAL:
+        return
+    import threading
+
+    from ptdeploy.workspace import control
+
+    def start() -> None:
+        with contextlib.suppress(Exception):
+            control.ensure_running()
+
+    threading.Thread(target=start, name="ptdeploy-workspace-warm-up", daemon=True).start()
 
 
 def local_workspace_running() -> bool:
