@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from ptdeploy.errors import ModelVersionNotFoundError
 from ptdeploy.workspace import store as st
-from ptdeploy.workspace.optimization_info import ModelDescription, ModelVersionNotFound
+from ptdeploy.workspace.optimization_info import ModelDescription
 
 TOKEN = "in-process-token"
 CHUNK = 20
@@ -50,7 +51,7 @@ class Catalog:
 
     def describe(self, name: str, version: str) -> ModelDescription:
         if self.models is not None and (name, version) not in self.models:
-            raise ModelVersionNotFound(f"{name} version {version} is not registered")
+            raise ModelVersionNotFoundError(f"{name} version {version} is not registered")
         return ModelDescription(
             name=name,
             version=version,

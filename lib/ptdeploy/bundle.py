@@ -45,10 +45,10 @@ from pathlib import Path
 from typing import Any
 
 from ptdeploy.errors import ParameterError, PtdeployError
+from ptdeploy.notebook import DEPLOY_TASK, JOB_TASKS
 from ptdeploy.specs import spec_for
 from ptdeploy.state import project_root
 
-JOB_TASKS = ("register", "deploy", "smoke_test")
 # A notebook without a ``steps`` parameter (the load test) is one task of this name.
 SINGLE_TASK = "run"
 CLUSTER_KEY = "ml_cpu"
@@ -243,7 +243,7 @@ def job_resource(notebook: str, root: Path | None = None) -> dict[str, Any]:
         if chained:
             entry["notebook_task"]["base_parameters"] = {"steps": task}
         entry["libraries"] = copy.deepcopy(libraries)  # no YAML anchors in the output
-        if task in ("deploy", SINGLE_TASK):
+        if task in (DEPLOY_TASK, SINGLE_TASK):
             entry["timeout_seconds"] = (wait_minutes + DEPLOY_MARGIN_MINUTES) * 60
         tasks.append(entry)
         previous = task

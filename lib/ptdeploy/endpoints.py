@@ -57,7 +57,11 @@ from ptdeploy.errors import (
     EndpointNotFoundError,
     EndpointTimeoutError,
 )
-from ptdeploy.limits import ENDPOINT_NAME_MAX_LENGTH, SERVED_ENTITY_NAME_PATTERN
+from ptdeploy.names import (
+    check_endpoint_name,
+    check_served_entity_name,
+    default_served_entity_name,
+)
 from ptdeploy.progress import Progress, reporter
 from ptdeploy.throughput import ModelUnitsPlan, ProvisioningPlan, ThroughputPlan
 
@@ -83,11 +87,6 @@ __all__ = [
 DEFAULT_TIMEOUT = timedelta(minutes=40)  # a provisioned-throughput endpoint takes ~30 min
 DEFAULT_POLL_INTERVAL = 10.0  # seconds between polls once the backoff has grown
 
-# Databricks: "An endpoint name can consist of alphanumeric characters, dashes, and
-# underscores". The length cap (63) and the alphanumeric first character are the rules
-# the rest of ptdeploy (parameter specs, local workspace store) uses.
-_ENDPOINT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")  # length checked apart, with its hint
-_SERVED_ENTITY_NAME = SERVED_ENTITY_NAME_PATTERN
 _UC_PART = re.compile(r"[^.\s/\x00-\x1f\x7f]+")
 
 _FAILED_UPDATES = (
@@ -116,48 +115,6 @@ class FakeClock(Clock):
     def sleep(self, seconds: float) -> None:
         self.sleeps.append(seconds)
         self.now += seconds
-
-
-# --------------------------------------------------------------------------- names
-
-
-def check_endpoint_name(name: Any) -> str:
-    """Return ``name`` if Databricks accepts it as a serving endpoint name, else raise."""
-    rule = (
-        f"letters, digits, '-' and '_', starting with a letter or digit, at most "
-        f"{ENDPOINT_NAME_MAX_LENGTH} characters"
-    )
-    if not isinstance(name, str) or not name:
-        raise EndpointConfigError(f"endpoint name={name!r} is empty or not a string: use {rule}.")
-    if len(name) > ENDPOINT_NAME_MAX_LENGTH:
-        raise EndpointConfigError(
-            f"endpoint name={name!r} is {len(name)} characters long: use {rule} (e.g. "
-            f"{name[:ENDPOINT_NAME_MAX_LENGTH]!r})."
-        )
-    if not _ENDPOINT_NAME.fullmatch(name):
-        suggestion = re.sub(r"[^A-Za-z0-9_-]+", "-", name).strip("-_")[:ENDPOINT_NAME_MAX_LENGTH]
-        hint = f" (e.g. {suggestion!r})" if suggestion else ""
-        raise EndpointConfigError(f"endpoint name={name!r} is not valid: use {rule}{hint}.")
-    return name
-
-
-def _check_served_entity_name(name: Any, what: str) -> str:
-    if not isinstance(name, str) or not _SERVED_ENTITY_NAME.fullmatch(name):
-        raise EndpointConfigError(
-            f"{what}={name!r} is not valid: a served entity name consists of letters, "
-            "digits, '-' and '_'."
-        )
-    return name
-
-
-def _default_served_entity_name(entity_name: str, version: str) -> str:
-    """``<model>-<version>`` from the last level of the registered name, sanitized.
-
-    Sent explicitly rather than left to the server so that traffic routes and the
-    "already serving this config" check know the name in advance.
-    """
-    base = re.sub(r"[^A-Za-z0-9_-]+", "-", entity_name.rsplit(".", 1)[-1]).strip("-")
-    return f"{base or 'model'}-{version}"
 
 
 # ------------------------------------------------------------------------- gateway
@@ -307,9 +264,9 @@ class ServedEntitySpec:
             object.__setattr__(
                 self,
                 "name",
-                _default_served_entity_name(self.entity_name, str(self.entity_version)),
+                default_served_entity_name(self.entity_name, str(self.entity_version)),
             )
-        _check_served_entity_name(self.name, "served entity name")
+        check_served_entity_name(self.name)
 
     def to_sdk(self) -> ServedEntityInput:
         return ServedEntityInput(

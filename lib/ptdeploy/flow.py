@@ -47,17 +47,20 @@ from ptdeploy.errors import (
     PtdeployError,
     ThroughputError,
 )
-from ptdeploy.notebook import emit_summary, get_task_value, set_task_values
+from ptdeploy.notebook import (
+    DEPLOY_TASK,
+    JOB_TASKS,
+    REGISTER_TASK,
+    SMOKE_TEST_TASK,
+    emit_summary,
+    get_task_value,
+    set_task_values,
+)
 from ptdeploy.parameters import ParameterSpec, Params
 
 if TYPE_CHECKING:
     from databricks.sdk import WorkspaceClient
     from databricks.sdk.service.serving import ServingEndpointDetailed
-
-# Task keys of the job definitions (resources/*.yml) and the values handed between them.
-REGISTER_TASK = "register"
-DEPLOY_TASK = "deploy"
-STEPS = ("all", "register", "deploy", "smoke_test")
 
 
 def start(spec: ParameterSpec, namespace: dict[str, Any]) -> Params:
@@ -71,8 +74,8 @@ def start(spec: ParameterSpec, namespace: dict[str, Any]) -> Params:
 
 def runs(p: Params, step: str) -> bool:
     """Whether this run includes ``step`` (``steps`` = all, or one job task)."""
-    if step not in STEPS[1:]:
-        raise ParameterError(f"unknown step {step!r}; steps are {', '.join(STEPS[1:])}")
+    if step not in JOB_TASKS:
+        raise ParameterError(f"unknown step {step!r}; steps are {', '.join(JOB_TASKS)}")
     selected = p.get("steps", "all")
     return selected == "all" or selected == step
 
@@ -314,7 +317,7 @@ def deploy_step(
     p: Params, w: WorkspaceClient, registered: registry.RegisteredVersion, **spec_kwargs: Any
 ) -> Deployment | None:
     """The deploy step: create or update the endpoint and wait (None when skipped)."""
-    if not runs(p, "deploy"):
+    if not runs(p, DEPLOY_TASK):
         return None
     deployment = deploy(p, w, registered, **spec_kwargs)
     print("serving versions:", deployment.served_versions)
@@ -327,7 +330,7 @@ def smoke_test_step(
     """The smoke-test step: ``ask()`` the endpoint inside ``promotion`` (the champion alias
     moves only when it passes; a failure rolls the endpoint back) and print the answer's
     ``report()``. None when skipped."""
-    if not runs(p, "smoke_test"):
+    if not runs(p, SMOKE_TEST_TASK):
         return None
     with promotion(p, w, registered):
         answer = ask()

@@ -74,6 +74,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ptdeploy.errors import EndpointError, ParameterError, PtdeployError
+from ptdeploy.llm_tasks import TASK_CHAT, TASK_COMPLETIONS, TASK_EMBEDDINGS
 from ptdeploy.progress import Progress
 
 if TYPE_CHECKING:
@@ -117,9 +118,9 @@ _SDK_DEFAULT_POOL = 20
 class Task(enum.StrEnum):
     """The three serving tasks of provisioned-throughput LLM endpoints."""
 
-    COMPLETIONS = "llm/v1/completions"
-    CHAT = "llm/v1/chat"
-    EMBEDDINGS = "llm/v1/embeddings"
+    COMPLETIONS = TASK_COMPLETIONS
+    CHAT = TASK_CHAT
+    EMBEDDINGS = TASK_EMBEDDINGS
 
     @property
     def short(self) -> str:

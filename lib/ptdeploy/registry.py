@@ -8,8 +8,9 @@ leaves no half-registered version behind and the alias keeps its previous target
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from ptdeploy.errors import RegistryError
 from ptdeploy.names import check_alias
@@ -104,6 +105,17 @@ def delete_version(name: str, version: str) -> None:
         pass
 
 
+def version_list(versions: Iterable[Any]) -> str:
+    """Registered versions (MLflow ``ModelVersion`` objects or numbers) as ``"1, 2, 10"``
+    in numeric order, ``"none"`` when empty: the one listing every "no such version"
+    message shows (the client's and the local workspace's)."""
+    numbers = sorted(
+        (str(getattr(v, "version", v)) for v in versions),
+        key=lambda n: int(n) if n.isdigit() else 0,
+    )
+    return ", ".join(numbers) or "none"
+
+
 def latest_version(name: str) -> str:
     """Highest version number of a registered model; a clear error if it does not exist."""
     client = _client()
@@ -131,10 +143,9 @@ def check_version_exists(name: str, version: str) -> str:
     try:
         client.get_model_version(name, str(version))
     except MlflowException as exc:
-        existing = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
+        existing = version_list(client.search_model_versions(f"name='{name}'"))
         raise RegistryError(
-            f"model {name!r} has no version {version!r}; existing versions: "
-            f"{', '.join(map(str, existing)) or 'none'}."
+            f"model {name!r} has no version {version!r}; existing versions: {existing}."
         ) from exc
     return str(version)
 

@@ -11,7 +11,8 @@ from typing import Any
 
 from ptdeploy import names
 from ptdeploy.errors import ParameterError
-from ptdeploy.model_logging import EMBEDDING_MODEL_TYPES, TASKS
+from ptdeploy.llm_tasks import EMBEDDING_MODEL_TYPES, TASKS
+from ptdeploy.notebook import STEPS
 from ptdeploy.parameters import Param, ParameterSpec
 from ptdeploy.targets import Target
 
@@ -29,10 +30,7 @@ def _uc_part(what: str):
 
 
 def _endpoint_name(value: str) -> None:
-    # the same rule as the SDK-side check (imported lazily: no SDK import to read a spec)
-    from ptdeploy.endpoints import check_endpoint_name
-
-    check_endpoint_name(value)
+    names.check_endpoint_name(value)  # the rule the client and the local workspace share
 
 
 def _alias(value: str) -> None:
@@ -79,7 +77,7 @@ COMMON_SERVING = (
         "steps",
         "choice",
         "Steps to run (a job runs one per task)",
-        choices=("all", "register", "deploy", "smoke_test"),
+        choices=STEPS,
     ),
 )
 

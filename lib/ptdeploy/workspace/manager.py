@@ -24,13 +24,13 @@ from typing import Any, Protocol
 
 from ptdeploy import limits
 from ptdeploy.errors import WorkspaceApiError
+from ptdeploy.llm_tasks import TASK_COMPLETIONS
 from ptdeploy.workspace import render
 from ptdeploy.workspace import store as st
 from ptdeploy.workspace.protocol import invalid, not_found, unavailable
-from ptdeploy.workspace.schemas import TASK_COMPLETIONS
 from ptdeploy.workspace.validation import (
     Catalog,
-    check_endpoint_name,
+    endpoint_name_field,
     parse_ai_gateway,
     parse_rate_limits,
     parse_routes,
@@ -251,7 +251,7 @@ class EndpointManager:
     # ---- API operations (sync: called from a thread pool)
 
     def create(self, body: dict[str, Any]) -> dict[str, Any]:
-        name = check_endpoint_name(body.get("name"))
+        name = endpoint_name_field(body.get("name"))
         now = self.now_ms()
         config = body.get("config")
         if config is None:

@@ -13,12 +13,12 @@ from typing import Any, Protocol
 from databricks.sdk.service.serving import ServingModelWorkloadType
 
 from ptdeploy import limits
-from ptdeploy.errors import ParameterError
-from ptdeploy.names import check_registered_model_name
+from ptdeploy import names as name_rules
+from ptdeploy.errors import EndpointConfigError, ModelVersionNotFoundError, ParameterError
+from ptdeploy.llm_tasks import TASK_CHAT, TASK_COMPLETIONS, TASK_EMBEDDINGS
 from ptdeploy.workspace import store as st
-from ptdeploy.workspace.optimization_info import ModelDescription, ModelVersionNotFound
+from ptdeploy.workspace.optimization_info import ModelDescription
 from ptdeploy.workspace.protocol import invalid
-from ptdeploy.workspace.schemas import TASK_CHAT, TASK_COMPLETIONS, TASK_EMBEDDINGS
 
 # the request field that identifies each task's request body
 TASK_FIELD = {TASK_CHAT: "messages", TASK_COMPLETIONS: "prompt", TASK_EMBEDDINGS: "input"}
@@ -63,27 +63,14 @@ def _str_field(value: Any, field: str) -> str:
     raise invalid(f"{field}={value!r} is not valid: expected a non-empty string.")
 
 
-def check_endpoint_name(name: Any) -> str:
+def endpoint_name_field(name: Any) -> str:
+    """The endpoint name of a create request, by the client's rule (``names``)."""
     if name is None or name == "":
         raise invalid("name is required: the name of the serving endpoint.")
-    if not isinstance(name, str) or not limits.ENDPOINT_NAME_PATTERN.fullmatch(name):
-        raise invalid(
-            f"name={name!r} is not a valid endpoint name: use 1 to "
-            f"{limits.ENDPOINT_NAME_MAX_LENGTH} letters, digits, dashes ('-') and underscores "
-            "('_'), starting with a letter or digit, e.g. 'llama-completions'."
-        )
-    return name
-
-
-def default_served_entity_name(entity_name: str, entity_version: str) -> str:
-    """Databricks' default: ``<model>-<version>`` with the last level of a UC name.
-
-    (``system.ai.meta_llama_v3_1_8b_instruct`` version 3 is served as
-    ``meta_llama_v3_1_8b_instruct-3``.)
-    """
-    base = entity_name.rsplit(".", 1)[-1]
-    cleaned = "".join(c if c.isalnum() or c in "-_" else "-" for c in base)
-    return f"{cleaned}-{entity_version}"
+    try:
+        return name_rules.check_endpoint_name(name, "name")
+    except EndpointConfigError as exc:
+        raise invalid(str(exc)) from exc
 
 
 def _multiples(chunk: int) -> str:
@@ -169,7 +156,7 @@ def _parse_served_entity(
         )
     try:
         desc = catalog.describe(entity_name, version)
-    except ModelVersionNotFound as exc:
+    except ModelVersionNotFoundError as exc:
         raise invalid(f"{field}: {exc}") from exc
     if desc.task not in TASK_FIELD:
         raise invalid(
@@ -179,12 +166,12 @@ def _parse_served_entity(
         )
     name = item.get("name")
     if name is None:
-        name = default_served_entity_name(entity_name, version)
-    elif not isinstance(name, str) or not limits.SERVED_ENTITY_NAME_PATTERN.fullmatch(name):
-        raise invalid(
-            f"{field}.name={name!r} is not valid: a served entity name uses 1 to 63 letters, "
-            "digits, dashes and underscores."
-        )
+        name = name_rules.default_served_entity_name(entity_name, version)
+    else:
+        try:
+            name_rules.check_served_entity_name(name, f"{field}.name")
+        except EndpointConfigError as exc:
+            raise invalid(str(exc)) from exc
     if item.get("provisioned_model_units") is not None:
         raise invalid(
             f"{field}.provisioned_model_units is not valid for {entity_name} version {version}: "
@@ -458,7 +445,7 @@ def check_model_version_path(path: str) -> tuple[str, str]:
             f"version={version!r} is not valid: expected a version number such as '1' ({example})."
         )
     try:
-        check_registered_model_name(name, "local")
+        name_rules.check_registered_model_name(name, "local")
     except ParameterError as exc:
         raise invalid(f"name={name!r} is not a valid registered model name: {exc}") from exc
     return name, str(int(version))
