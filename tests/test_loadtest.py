@@ -22,7 +22,7 @@ from databricks.sdk.service.serving import (
     QueryEndpointResponse,
     ServingEndpointDetailed,
 )
-from ptdeploy import loadtest
+from ptdeploy import cli, loadtest
 from ptdeploy.errors import EndpointError, ParameterError
 from ptdeploy.loadtest import Task, percentile, run_load_test
 
@@ -513,7 +513,7 @@ def test_load_test_client_copy_does_not_retry_and_has_a_large_pool(endpoint_serv
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ptdeploy loadtest")
-    loadtest.configure_parser(parser)
+    cli.configure_loadtest_parser(parser)
     return parser
 
 
@@ -550,7 +550,7 @@ def test_cli_rejects_invalid_arguments(argv, option, capsys):
 
 def test_cli_profile_is_for_databricks_only(capsys):
     args = _parser().parse_args(["ep", "--profile", "prod"])
-    assert loadtest.run(args, client=FakeWorkspace(constant(0.1))) == 2
+    assert cli.run_loadtest(args, client=FakeWorkspace(constant(0.1))) == 2
     assert "--profile" in capsys.readouterr().err
 
 
@@ -560,7 +560,7 @@ def test_cli_run_prints_table_writes_results_and_plots(tmp_path, capsys):
         ["ep", "--task", "completions", "--concurrency", "1,2", "--requests-per-level", "2",
          "--out", str(out), "--no-progress"]
     )  # fmt: skip
-    assert loadtest.run(args, client=FakeWorkspace(lambda n, kw: (0.0, completion()))) == 0
+    assert cli.run_loadtest(args, client=FakeWorkspace(lambda n, kw: (0.0, completion()))) == 0
     printed = capsys.readouterr().out
     assert "concurrency" in printed and "p95 s" in printed and str(out) in printed
     for name in ("samples.csv", "summary.json", "latency_vs_concurrency.png"):
@@ -575,7 +575,7 @@ def test_cli_exits_non_zero_when_every_request_failed(tmp_path, capsys):
         ["ep", "--task", "chat", "--concurrency", "1", "--requests-per-level", "2",
          "--out", str(tmp_path), "--no-progress", "--no-plots"]
     )  # fmt: skip
-    assert loadtest.run(args, client=FakeWorkspace(behaviour)) == 1
+    assert cli.run_loadtest(args, client=FakeWorkspace(behaviour)) == 1
     err = capsys.readouterr().err
     assert "every request failed" in err and "2 x NotFound (404)" in err
 
@@ -583,5 +583,5 @@ def test_cli_exits_non_zero_when_every_request_failed(tmp_path, capsys):
 def test_cli_reports_undetectable_task(tmp_path, capsys):
     args = _parser().parse_args(["ep", "--out", str(tmp_path), "--no-progress"])
     fake = FakeWorkspace(constant(0.1), endpoint={})
-    assert loadtest.run(args, client=fake) == 2
+    assert cli.run_loadtest(args, client=fake) == 2
     assert "task" in capsys.readouterr().err

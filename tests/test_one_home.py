@@ -43,11 +43,16 @@ def _defining(name: str) -> list[str]:
     found = []
     for path, tree in TREES.items():
         for node in ast.walk(tree):
-            if isinstance(node, ast.FunctionDef | ast.ClassDef) and node.name == name:
+            if (
+                isinstance(node, ast.FunctionDef | ast.ClassDef)
+                and node.name == name
+                or (
+                    isinstance(node, ast.Assign)
+                    and node in tree.body
+                    and any(isinstance(t, ast.Name) and t.id == name for t in node.targets)
+                )
+            ):
                 found.append(path)
-            elif isinstance(node, ast.Assign) and node in tree.body:
-                if any(isinstance(t, ast.Name) and t.id == name for t in node.targets):
-                    found.append(path)
     return found
 
 
@@ -103,6 +108,15 @@ def test_version_listings_go_through_one_helper():
     assert sorts == []
 
 
+def test_argparse_is_used_by_the_command_line_only():
+    # workspace/server.py is the server process's own entry point (python -m ...), spawned
+    # by `ptdeploy workspace start`; the local workspace imports nothing from cli.py
+    users = [
+        p for p, text in SOURCES.items() if re.search(r"^\s*(import|from) argparse", text, re.M)
+    ]
+    assert users == ["cli.py", "workspace/server.py"]
+
+
 def test_every_exception_class_lives_in_errors():
     errors_tree = TREES["errors.py"]
     error_names = {n.name for n in errors_tree.body if isinstance(n, ast.ClassDef)}
@@ -114,7 +128,9 @@ def test_every_exception_class_lives_in_errors():
         for node in ast.walk(tree):
             if not isinstance(node, ast.ClassDef):
                 continue
-            bases = {b.id if isinstance(b, ast.Name) else getattr(b, "attr", "") for b in node.bases}
+            bases = {
+                b.id if isinstance(b, ast.Name) else getattr(b, "attr", "") for b in node.bases
+            }
             if bases & error_names or node.name.endswith(("Error", "Exception")):
                 outside.append(f"{path}:{node.name}")
     assert outside == []

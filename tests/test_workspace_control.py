@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from ptdeploy import cli
 from ptdeploy.errors import WorkspaceError
 from ptdeploy.workspace import control, files
 
@@ -48,8 +49,8 @@ def _listening_addresses(port: int) -> list[str]:
 
 def _cli(*argv: str) -> int:
     parser = argparse.ArgumentParser()
-    control.configure_parser(parser)
-    return control.run(parser.parse_args(list(argv)))
+    cli.configure_workspace_parser(parser)
+    return cli.run_workspace(parser.parse_args(list(argv)))
 
 
 def test_token_file_is_owner_only_and_repaired(ws):
@@ -157,9 +158,8 @@ def test_stop_then_status_and_port_in_use(ws, capsys):
 def test_foreground_serves_until_stopped():
     control.stop(quiet=True)
     code = (
-        "import argparse, sys; from ptdeploy.workspace import control; "
-        "p = argparse.ArgumentParser(); control.configure_parser(p); "
-        "sys.exit(control.run(p.parse_args(['start', '--foreground'])))"
+        "import sys; from ptdeploy import cli; "
+        "sys.exit(cli.main(['workspace', 'start', '--foreground']))"
     )
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:

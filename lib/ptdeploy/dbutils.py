@@ -507,36 +507,3 @@ def write_ipython_startup(ipython_dir: Path) -> Path:
     script = startup / "00-ptdeploy-dbutils.py"
     script.write_text(STARTUP_SCRIPT.format(path=str(Path(__file__).resolve())))
     return script
-
-
-# ------------------------------------------------------------------ command line
-
-
-def configure_parser(parser: Any) -> None:
-    sub = parser.add_subparsers(dest="secrets_command", required=True, metavar="ACTION")
-    put = sub.add_parser("put", help="store a secret (value read from stdin, never an argument)")
-    put.add_argument("scope")
-    put.add_argument("key")
-    sub.add_parser("list", help="scopes and keys (never values)")
-
-
-def run(args: Any) -> int:
-    if args.secrets_command == "put":
-        import getpass
-
-        value = (
-            sys.stdin.readline().rstrip("\n")
-            if not sys.stdin.isatty()
-            else getpass.getpass(f"value of {args.scope}/{args.key}: ")
-        )
-        try:
-            path = put_secret(args.scope, args.key, value)
-        except ValueError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        print(f"stored {args.scope}/{args.key} in {path} (owner-only)")
-        return 0
-    secrets = Secrets()
-    for scope in secrets.listScopes():
-        print(f"{scope}: {', '.join(secrets.list(scope))}")
-    return 0

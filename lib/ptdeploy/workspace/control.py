@@ -17,7 +17,6 @@ process that started it, as on Databricks. Files in ``ptdeploy.state.workspace_d
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import fcntl
 import os
@@ -249,7 +248,7 @@ def start(
             f"port={port} is not valid: use 1 to 65535, or leave it out for any free port."
         )
     if foreground:
-        return _serve_foreground(port)
+        return serve_foreground(port)
     with _locked():
         running = _running() or _recover()
         if running is not None:
@@ -262,7 +261,7 @@ def start(
         return _spawn(port, timeout)
 
 
-def _serve_foreground(port: int | None, on_listening: Any = None) -> LocalWorkspace:
+def serve_foreground(port: int | None, on_listening: Any = None) -> LocalWorkspace:
     from ptdeploy.workspace import server
 
     with _locked():
@@ -369,74 +368,3 @@ def status() -> WorkspaceStatus:
         detail="running",
         **base,
     )
-
-
-# ------------------------------------------------------------------------- CLI
-
-
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
-    p = sub.add_parser(
-        "start",
-        help="start the local workspace (prints DATABRICKS_HOST/DATABRICKS_TOKEN for eval)",
-        description="Start the local workspace in the background, or reuse the running one, "
-        "and print `export DATABRICKS_HOST=...` and `export DATABRICKS_TOKEN=...` lines: "
-        "`eval $(ptdeploy workspace start)` points the Databricks SDK, MLflow and the "
-        "Databricks CLI at it.",
-    )
-    p.add_argument(
-        "--port", type=int, default=None, help="port on 127.0.0.1 (default: any free port)"
-    )
-    p.add_argument("--foreground", action="store_true", help="serve in this process until Ctrl-C")
-    sub.add_parser("stop", help="stop the local workspace and its workers")
-    sub.add_parser("status", help="is the local workspace running, where, how many endpoints")
-
-
-def _print_env(ws_host: str, token: str) -> None:
-    print(f"export DATABRICKS_HOST={ws_host}")
-    print(f"export DATABRICKS_TOKEN={token}", flush=True)
-
-
-def run(args: argparse.Namespace) -> int:
-    try:
-        if args.action == "start":
-            if args.foreground:
-
-                def listening(p: int) -> None:
-                    _print_env(host_for(p), read_token())
-                    print(
-                        f"local workspace: serving on {host_for(p)} (Ctrl-C stops it)",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-
-                try:
-                    _serve_foreground(args.port, on_listening=listening)
-                except KeyboardInterrupt:  # Ctrl-C: uvicorn shut down cleanly, then re-raised
-                    pass
-                print("local workspace: stopped", file=sys.stderr)
-                return 0
-            ws = start(args.port)
-            _print_env(ws.host, ws.token)
-            print(
-                f"local workspace: running on {ws.host} (pid {ws.pid}, log {log_path()})",
-                file=sys.stderr,
-            )
-            return 0
-        if args.action == "stop":
-            stop()
-            return 0
-        st = status()
-        print(f"running: {'yes' if st.running else 'no'} ({st.detail})")
-        if st.host:
-            print(f"host: {st.host}")
-        if st.pid:
-            print(f"pid: {st.pid}")
-        if st.endpoints is not None:
-            print(f"endpoints: {st.endpoints}")
-        print(f"state dir: {st.state_dir}")
-        print(f"log: {st.log_file}")
-        return 0 if st.running else 1
-    except WorkspaceError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
