@@ -62,3 +62,36 @@ class Catalog:
             throughput_chunk_size=CHUNK,
             reason="",
         )
+
+
+def create_endpoints(w: Any, entities: dict[str, str], version: str = "1") -> None:
+    """Create one endpoint per ``{endpoint name: registered model name}`` through the
+    SDK's API client, as a user's code would; ``ReadyWorker``s answer at once."""
+    for name, entity_name in entities.items():
+        entity = {"entity_name": entity_name, "entity_version": version}
+        entity |= {"min_provisioned_throughput": 0, "max_provisioned_throughput": CHUNK}
+        body = {"name": name, "config": {"served_entities": [entity]}}
+        w.api_client.do("POST", "/api/2.0/serving-endpoints", body=body)
+
+
+class RecordingWorker(ReadyWorker):
+    """A worker that records each request body in ``bodies`` (shared by the workers of
+    one test) and answers with ``answer(task, body)``."""
+
+    bodies: list[tuple[str, dict[str, Any]]]
+    answer: Callable[[str, dict[str, Any]], dict[str, Any]]
+
+    def __init__(self, entity: st.ServedEntity) -> None:
+        super().__init__(entity)
+        self.endpoint = entity.entity_name.rsplit(".", 1)[-1]
+
+    async def infer(self, body: dict[str, Any]) -> dict[str, Any]:
+        self.bodies.append((self.endpoint, body))
+        return type(self).answer(self.task, body)
+
+
+def recording_worker(
+    answer: Callable[[str, dict[str, Any]], dict[str, Any]],
+) -> type[RecordingWorker]:
+    """A ``RecordingWorker`` class answering with ``answer``, with its own ``bodies`` list."""
+    return type("Recording", (RecordingWorker,), {"bodies": [], "answer": staticmethod(answer)})
