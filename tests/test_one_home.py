@@ -14,7 +14,6 @@ import pytest
 
 LIB = Path(__file__).resolve().parents[1] / "lib" / "ptdeploy"
 SOURCES = {p.relative_to(LIB).as_posix(): p.read_text() for p in sorted(LIB.rglob("*.py"))}
-TREES = {path: ast.parse(text) for path, text in SOURCES.items()}
 
 
 def _string_constants(tree: ast.AST) -> list[str]:
@@ -34,26 +33,48 @@ def _string_constants(tree: ast.AST) -> list[str]:
     ]
 
 
+def _definitions(tree: ast.Module) -> list[str]:
+    """Functions and classes (at any depth) and module-level constants of a module."""
+    names = [
+        node.name for node in ast.walk(tree) if isinstance(node, ast.FunctionDef | ast.ClassDef)
+    ]
+    for node in tree.body:
+        if isinstance(node, ast.Assign):
+            names += [t.id for t in node.targets if isinstance(t, ast.Name)]
+    return names
+
+
+def _classes(tree: ast.Module) -> list[tuple[str, set[str]]]:
+    """Each class of a module with the names of its bases."""
+    return [
+        (
+            node.name,
+            {b.id if isinstance(b, ast.Name) else getattr(b, "attr", "") for b in node.bases},
+        )
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ClassDef)
+    ]
+
+
+# Parsed once; the trees themselves are not kept (millions of nodes slow every test's GC).
+LITERALS: dict[str, set[str]] = {}
+DEFINITIONS: dict[str, list[str]] = {}
+CLASSES: dict[str, list[tuple[str, set[str]]]] = {}
+for _path, _text in SOURCES.items():
+    _tree = ast.parse(_text)
+    LITERALS[_path] = set(_string_constants(_tree))
+    DEFINITIONS[_path] = _definitions(_tree)
+    CLASSES[_path] = _classes(_tree)
+del _path, _text, _tree
+
+
 def _homes_of_literal(value: str) -> list[str]:
-    return [path for path, tree in TREES.items() if value in _string_constants(tree)]
+    return [path for path, literals in LITERALS.items() if value in literals]
 
 
 def _defining(name: str) -> list[str]:
     """Modules that define a function, class or module-level constant called ``name``."""
-    found = []
-    for path, tree in TREES.items():
-        for node in ast.walk(tree):
-            if (
-                isinstance(node, ast.FunctionDef | ast.ClassDef)
-                and node.name == name
-                or (
-                    isinstance(node, ast.Assign)
-                    and node in tree.body
-                    and any(isinstance(t, ast.Name) and t.id == name for t in node.targets)
-                )
-            ):
-                found.append(path)
-    return found
+    return [path for path, names in DEFINITIONS.items() for n in names if n == name]
 
 
 @pytest.mark.parametrize("task", ["llm/v1/completions", "llm/v1/chat", "llm/v1/embeddings"])
@@ -118,21 +139,15 @@ def test_argparse_is_used_by_the_command_line_only():
 
 
 def test_every_exception_class_lives_in_errors():
-    errors_tree = TREES["errors.py"]
-    error_names = {n.name for n in errors_tree.body if isinstance(n, ast.ClassDef)}
+    error_names = {name for name, _ in CLASSES["errors.py"]}
     error_names |= {"Exception", "ValueError", "LookupError", "TimeoutError", "RuntimeError"}
-    outside = []
-    for path, tree in TREES.items():
-        if path == "errors.py":
-            continue
-        for node in ast.walk(tree):
-            if not isinstance(node, ast.ClassDef):
-                continue
-            bases = {
-                b.id if isinstance(b, ast.Name) else getattr(b, "attr", "") for b in node.bases
-            }
-            if bases & error_names or node.name.endswith(("Error", "Exception")):
-                outside.append(f"{path}:{node.name}")
+    outside = [
+        f"{path}:{name}"
+        for path, classes in CLASSES.items()
+        if path != "errors.py"
+        for name, bases in classes
+        if bases & error_names or name.endswith(("Error", "Exception"))
+    ]
     assert outside == []
 
 
