@@ -9,6 +9,7 @@ GGUF again in every session (see ``ptdeploy.models``).
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -17,6 +18,12 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+# jsonschema (through nbformat, papermill, mlflow) imports the optional rfc3987_syntax at
+# import time to check the "iri" string formats; that package builds a Lark grammar on
+# import, 2-3 s of CPU in every test session. No schema the tests validate uses those
+# formats: tell jsonschema the package is absent (a None entry makes the import fail).
+sys.modules.setdefault("rfc3987_syntax", None)
 
 REPO = Path(__file__).resolve().parents[1]
 _SESSION_HOME = Path(tempfile.mkdtemp(prefix="ptdeploy-test-"))
@@ -140,7 +147,8 @@ def _local_client(serve, root: Path):
     from ptdeploy.workspace import store as st
     from ptdeploy.workspace.app import create_app
 
-    def make(worker_factory, catalog) -> WorkspaceClient:
+    def make(worker_factory, catalog, wrap=None) -> WorkspaceClient:
+        """``wrap(app)`` (e.g. ``fakes.RequestLog``) is served instead of the app."""
         app = create_app(
             token=TOKEN,
             store=st.EndpointStore(root / "endpoints"),
@@ -148,7 +156,7 @@ def _local_client(serve, root: Path):
             worker_factory=worker_factory,
             poll_interval=0.05,
         )
-        return WorkspaceClient(host=serve(app), token=TOKEN, auth_type="pat")
+        return WorkspaceClient(host=serve(wrap(app) if wrap else app), token=TOKEN, auth_type="pat")
 
     return make
 

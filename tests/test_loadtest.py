@@ -13,7 +13,6 @@ import argparse
 import csv
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from databricks.sdk.errors.platform import NotFound, TooManyRequests
@@ -22,25 +21,10 @@ from databricks.sdk.service.serving import (
     QueryEndpointResponse,
     ServingEndpointDetailed,
 )
+from fakes import FakeClock
 from ptdeploy import cli, loadtest
 from ptdeploy.errors import EndpointError, ParameterError
 from ptdeploy.loadtest import Task, percentile, run_load_test
-
-
-class FakeClock:
-    """A thread-safe clock that only moves when a fake request says so."""
-
-    def __init__(self) -> None:
-        self.now = 100.0
-        self._lock = threading.Lock()
-
-    def __call__(self) -> float:
-        with self._lock:
-            return self.now
-
-    def advance(self, seconds: float) -> None:
-        with self._lock:
-            self.now += seconds
 
 
 def completion(prompt_tokens: int = 10, completion_tokens: int = 30) -> QueryEndpointResponse:
@@ -84,7 +68,7 @@ class FakeServingEndpoints:
 
 class FakeWorkspace:
     def __init__(self, behaviour, endpoint: dict | None = None) -> None:
-        self.clock = FakeClock()
+        self.clock = FakeClock(100.0)
         self.serving_endpoints = FakeServingEndpoints(self.clock, behaviour, endpoint)
 
 
@@ -404,66 +388,39 @@ def test_best_level_respects_latency_target():
 # --------------------------------------------------------------------------- real SDK
 
 
-class _EndpointHandler(BaseHTTPRequestHandler):
-    """Answers like a serving endpoint: 'throttled' always 429, others a completion."""
-
-    seen: list[dict] = []
-
-    def log_message(self, *args) -> None:  # keep test output clean
-        pass
-
-    def _send(self, status: int, payload: dict, headers: dict | None = None) -> None:
-        body = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        for key, value in (headers or {}).items():
-            self.send_header(key, value)
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_GET(self) -> None:  # SDK host-metadata probe and anything else
-        self._send(404, {"error_code": "NOT_FOUND", "message": "not here"})
-
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        type(self).seen.append(
-            {"path": self.path, "body": body, "auth": self.headers.get("Authorization")}
-        )
-        if self.path == "/serving-endpoints/throttled/invocations":
-            self._send(
-                429,
-                {"error_code": "REQUEST_LIMIT_EXCEEDED", "message": "rate limit"},
-                {"Retry-After": "0"},
-            )
-            return
-        self._send(
-            200,
-            {
-                "object": "text_completion",
-                "choices": [{"index": 0, "text": "ok"}],
-                "usage": {"prompt_tokens": 6, "completion_tokens": 4, "total_tokens": 10},
-            },
-        )
+def _completion_answer(task, body):
+    return {
+        "object": "text_completion",
+        "choices": [{"index": 0, "text": "ok"}],
+        "usage": {"prompt_tokens": 6, "completion_tokens": 4, "total_tokens": 10},
+    }
 
 
 @pytest.fixture
-def endpoint_server():
-    _EndpointHandler.seen = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _EndpointHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+def served(local_client):
+    """The local workspace's real app with two completions endpoints: ``ok``, and
+    ``throttled`` whose AI Gateway allows 0 calls a minute (every query answers 429).
+    Returns (client, worker class recording bodies, log of HTTP requests)."""
+    import fakes
+
+    worker = fakes.recording_worker(_completion_answer)
+    logs: list = []
+
+    def wrap(app):
+        logs.append(fakes.RequestLog(app))
+        return logs[-1]
+
+    w = local_client(worker, fakes.Catalog(), wrap=wrap)
+    fakes.create_endpoints(w, {"ok": "main.default.ok", "throttled": "main.default.throttled"})
+    limit = {"calls": 0, "renewal_period": "minute"}
+    w.api_client.do(
+        "PUT", "/api/2.0/serving-endpoints/throttled/ai-gateway", body={"rate_limits": [limit]}
+    )
+    return w, worker, logs[0]
 
 
-def test_real_sdk_client_records_usage_and_throttling(endpoint_server):
-    from databricks.sdk import WorkspaceClient
-
-    w = WorkspaceClient(host=endpoint_server, token="test-token", auth_type="pat")
+def test_real_sdk_client_records_usage_and_throttling(served):
+    w, worker, log = served
     ok = run_load_test(
         w, "ok", task="completions", concurrency=(1, 2), requests_per_level=3,
         prompt="Hi", max_tokens=4, progress=False,
@@ -471,10 +428,10 @@ def test_real_sdk_client_records_usage_and_throttling(endpoint_server):
     assert [lv.requests for lv in ok.levels] == [3, 3]
     assert ok.levels[0].errors == 0
     assert {s.total_tokens for s in ok.samples} == {10}
-    first = _EndpointHandler.seen[0]
-    assert first["path"] == "/serving-endpoints/ok/invocations"
-    assert first["body"] == {"prompt": "Hi", "max_tokens": 4}
-    assert first["auth"] == "Bearer test-token"
+    first = next(r for r in log.requests if r[1].endswith("/invocations"))
+    assert first[1] == "/serving-endpoints/ok/invocations"
+    assert worker.bodies[0] == ("ok", {"prompt": "Hi", "max_tokens": 4})
+    assert first[2] == f"Bearer {w.config.token}"
 
     throttled = run_load_test(
         w, "throttled", task="completions", concurrency=(1,), requests_per_level=1, progress=False
@@ -485,17 +442,15 @@ def test_real_sdk_client_records_usage_and_throttling(endpoint_server):
     assert sample.error_type == "RequestLimitExceeded"
     assert throttled.all_failed
     # Sent once: the load-test client does not retry (the SDK's default client would
-    # retry it for 300 s, immediately here since Retry-After is 0).
-    throttled_posts = [s for s in _EndpointHandler.seen if "throttled" in s["path"]]
+    # retry it for 300 s).
+    throttled_posts = [r for r in log.requests if "throttled/invocations" in r[1]]
     assert len(throttled_posts) == 1
     # The caller's client keeps the SDK's own retry settings.
     assert w.config.retry_timeout_seconds is None
 
 
-def test_load_test_client_copy_does_not_retry_and_has_a_large_pool(endpoint_server):
-    from databricks.sdk import WorkspaceClient
-
-    w = WorkspaceClient(host=endpoint_server, token="test-token", auth_type="pat")
+def test_load_test_client_copy_does_not_retry_and_has_a_large_pool(served):
+    w, _, _ = served
     copy = loadtest._load_test_client(w, max_concurrency=64)
     assert copy is not w
     assert copy.config.retry_timeout_seconds == 1

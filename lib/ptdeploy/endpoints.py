@@ -14,7 +14,7 @@ this module does:
   the second, which is already true while a freshly created endpoint can still be
   NOT_READY. It shows progress, fails fast with the endpoint's own deployment message on
   ``UPDATE_FAILED``/``UPDATE_CANCELED``, and on timeout says which state it was left in.
-  The clock is injectable (``FakeClock``) so tests never sleep.
+  The clock is injectable (``ptdeploy.clock.Clock``; a fake in tests) so tests never sleep.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from databricks.sdk.clock import Clock, RealClock
 from databricks.sdk.errors import (
     AlreadyExists,
     BadRequest,
@@ -51,6 +50,7 @@ from databricks.sdk.service.serving import (
     TrafficConfig,
 )
 
+from ptdeploy.clock import Clock, RealClock
 from ptdeploy.errors import (
     EndpointConfigError,
     EndpointError,
@@ -71,7 +71,6 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_TIMEOUT",
     "EndpointSpec",
-    "FakeClock",
     "GatewaySpec",
     "InferenceTable",
     "RateLimit",
@@ -97,24 +96,6 @@ _FAILED_DEPLOYMENTS = (
     ServedModelStateDeployment.DEPLOYMENT_FAILED,
     ServedModelStateDeployment.DEPLOYMENT_ABORTED,
 )
-
-
-class FakeClock(Clock):
-    """A clock for tests: ``sleep`` advances ``time`` instantly (like databricks-sdk's).
-
-    ``sleeps`` records every requested sleep, so a test can check the poll cadence.
-    """
-
-    def __init__(self, start: float = 1_700_000_000.0) -> None:
-        self.now = float(start)
-        self.sleeps: list[float] = []
-
-    def time(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 # ------------------------------------------------------------------------- gateway
@@ -556,7 +537,7 @@ def wait_until_ready(
     Raises ``EndpointError`` with the endpoint's deployment messages on
     ``UPDATE_FAILED``/``UPDATE_CANCELED`` (or a served entity that failed for good), and
     ``EndpointTimeoutError`` naming the last state after ``timeout`` (seconds or
-    ``timedelta``). ``clock`` is any ``databricks.sdk.clock.Clock`` (``FakeClock`` in tests).
+    ``timedelta``). ``clock`` is any ``ptdeploy.clock.Clock`` (a fake in tests).
     ``progress``: ``True`` draws a bar, ``False`` nothing, and a callable is called with
     each polled endpoint, as the SDK's waiters call ``callback`` (``ptdeploy.progress``).
     """

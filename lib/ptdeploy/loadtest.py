@@ -71,6 +71,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ptdeploy.clock import Clock, MonotonicClock
 from ptdeploy.errors import EndpointError, ParameterError
 from ptdeploy.llm_tasks import TASK_CHAT, TASK_COMPLETIONS, TASK_EMBEDDINGS
 from ptdeploy.progress import Progress
@@ -687,7 +688,7 @@ def run_load_test(
     messages: Sequence[dict[str, str]] | None = None,
     inputs: Sequence[str] | None = None,
     out_dir: str | os.PathLike[str] | None = None,
-    clock: Callable[[], float] = time.monotonic,
+    clock: Clock | None = None,
     progress: Progress = True,
     retry_throttled: bool = False,
     stream: bool = False,
@@ -697,8 +698,8 @@ def run_load_test(
     ``w`` is a ``WorkspaceClient`` (``ptdeploy.targets.workspace_client(target)``).
     ``task=None`` asks the endpoint (:func:`detect_task`). Payload arguments as in
     :func:`build_payload`. With ``out_dir`` the raw samples and the table are saved there
-    (:meth:`LoadTestResult.save`). ``clock`` (seconds, monotonic) times the requests and
-    the duration cap; tests inject a fake one. ``retry_throttled=True`` keeps the SDK's
+    (:meth:`LoadTestResult.save`). ``clock`` (a ``ptdeploy.clock.Clock``, monotonic by default) times the
+    requests and the duration cap; tests inject a fake one. ``retry_throttled=True`` keeps the SDK's
     own retries of 429/503 (latency then includes the waits). ``progress``: a bar per
     level (``True``), none, or a callable called with each :class:`Sample` as it lands
     (``ptdeploy.progress``). ``stream=True`` (completions and chat) sends ``stream: true``
@@ -736,6 +737,7 @@ def run_load_test(
             "completions and chat endpoints."
         )
 
+    clock = clock or MonotonicClock()
     client = w if retry_throttled else _load_test_client(w, max(levels))
     query_kwargs = payload.query_kwargs()
     send = _streamed_sender(payload) if stream else None
@@ -771,7 +773,7 @@ def _run_level(
     concurrency: int,
     count_cap: int,
     time_cap: float,
-    clock: Callable[[], float],
+    clock: Clock,
     progress: Progress,
     send: Callable[[Any, str, Callable[[], float]], tuple[Any, float | None, float | None]]
     | None = None,
@@ -791,14 +793,14 @@ def _run_level(
         unit="req",
         disable=not progress or callable(progress),  # a callback: the caller draws
     )
-    start = clock()
+    start = clock.time()
 
     def next_ticket() -> int | None:
         nonlocal issued, stop_reason
         with lock:
             if issued >= count_cap:
                 return None
-            if clock() - start >= time_cap:
+            if clock.time() - start >= time_cap:
                 stop_reason = "duration"
                 return None
             issued += 1
@@ -806,7 +808,7 @@ def _run_level(
 
     def worker() -> None:
         while (index := next_ticket()) is not None:
-            t0 = clock()
+            t0 = clock.time()
             first = gap = None
             try:
                 if send is None:
@@ -814,7 +816,7 @@ def _run_level(
                 else:
                     response, first, gap = send(client, endpoint, clock)
             except Exception as err:  # recorded, never raised: a load test counts failures
-                t1 = clock()
+                t1 = clock.time()
                 kind, message, status = _describe_error(err)
                 sample = Sample(
                     concurrency,
@@ -827,7 +829,7 @@ def _run_level(
                     status_code=status,
                 )
             else:
-                t1 = clock()
+                t1 = clock.time()
                 tokens_in, tokens_out, tokens_total = _usage(response)
                 sample = Sample(
                     concurrency,
@@ -856,7 +858,7 @@ def _run_level(
                 future.result()
     finally:
         bar.close()
-    duration = clock() - start
+    duration = clock.time() - start
     samples.sort(key=lambda s: s.index)
     return samples, duration, stop_reason
 
@@ -874,13 +876,11 @@ def _streamed_sender(
     body = payload.body()
     chat = payload.task is Task.CHAT
 
-    def send(
-        client: Any, endpoint: str, clock: Callable[[], float]
-    ) -> tuple[Any, float | None, float | None]:
+    def send(client: Any, endpoint: str, clock: Clock) -> tuple[Any, float | None, float | None]:
         times: list[float] = []
         usage = None
         for chunk in stream_chunks(client, endpoint, body):
-            now = clock()
+            now = clock.time()
             usage = chunk.get("usage") or usage
             for choice in chunk.get("choices") or []:
                 text = (choice.get("delta") or {}).get("content") if chat else choice.get("text")

@@ -7,11 +7,11 @@ leaves no half-registered version behind and the alias keeps its previous target
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from ptdeploy.clock import Clock, MonotonicClock
 from ptdeploy.errors import RegistryError
 from ptdeploy.names import check_alias
 
@@ -46,12 +46,12 @@ def wait_until_version_ready(
     *,
     timeout: float = 600.0,
     poll_interval: float = 2.0,
-    sleep: Callable[[float], None] = time.sleep,
-    now: Callable[[], float] = time.monotonic,
+    clock: Clock | None = None,
 ) -> None:
     """Block until the model version's status is READY; raise on failure or timeout."""
+    clock = clock or MonotonicClock()
     client = _client()
-    deadline = now() + timeout
+    deadline = clock.time() + timeout
     while True:
         mv = client.get_model_version(name, version)
         status = str(mv.status)
@@ -61,12 +61,12 @@ def wait_until_version_ready(
             raise RegistryError(
                 f"model version {name} v{version} failed registration: {mv.status_message}"
             )
-        if now() >= deadline:
+        if clock.time() >= deadline:
             raise RegistryError(
                 f"model version {name} v{version} still {status} after {timeout:.0f}s; check "
                 "the registry (Catalog Explorer on Databricks) and try again."
             )
-        sleep(poll_interval)
+        clock.sleep(poll_interval)
 
 
 def register(
