@@ -148,6 +148,12 @@ def detect_task(w: Any, endpoint: str) -> Task:
             f"endpoint {endpoint!r}: cannot read it to detect its task "
             f"({type(err).__name__}: {err}). Check the name and credentials, or pass task=."
         ) from err
+    return endpoint_task(ep, endpoint)
+
+
+def endpoint_task(ep: Any, endpoint: str) -> Task:
+    """The task an endpoint description (``ServingEndpointDetailed``) reports: its ``task``,
+    else a served entity's external-model task; ParameterError when neither says."""
     found: list[str] = []
     if getattr(ep, "task", None):
         found.append(ep.task)
