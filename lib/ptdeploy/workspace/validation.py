@@ -14,7 +14,12 @@ from databricks.sdk.service.serving import ServingModelWorkloadType
 
 from ptdeploy import limits
 from ptdeploy import names as name_rules
-from ptdeploy.errors import EndpointConfigError, ModelVersionNotFoundError, ParameterError
+from ptdeploy.errors import (
+    EndpointConfigError,
+    ModelVersionNotFoundError,
+    ParameterError,
+    not_valid,
+)
 from ptdeploy.llm_tasks import TASK_CHAT, TASK_COMPLETIONS, TASK_EMBEDDINGS
 from ptdeploy.workspace import store as st
 from ptdeploy.workspace.optimization_info import ModelDescription
@@ -44,7 +49,7 @@ def _int_field(value: Any, field: str) -> int:
         return int(value)
     if isinstance(value, str) and value.strip().lstrip("-").isdigit():
         return int(value.strip())
-    raise invalid(f"{field}={value!r} is not valid: expected an integer (tokens per second).")
+    raise invalid(not_valid(field, value, "an integer (tokens per second)"))
 
 
 def _bool_field(value: Any, field: str) -> bool:
@@ -52,7 +57,7 @@ def _bool_field(value: Any, field: str) -> bool:
         return value
     if isinstance(value, str) and value.lower() in ("true", "false"):
         return value.lower() == "true"
-    raise invalid(f"{field}={value!r} is not valid: expected true or false.")
+    raise invalid(not_valid(field, value, "true or false"))
 
 
 def _str_field(value: Any, field: str) -> str:
@@ -60,7 +65,7 @@ def _str_field(value: Any, field: str) -> str:
         return value.strip()
     if value is None:
         raise invalid(f"{field} is required.")
-    raise invalid(f"{field}={value!r} is not valid: expected a non-empty string.")
+    raise invalid(not_valid(field, value, "a non-empty string"))
 
 
 def endpoint_name_field(name: Any) -> str:
@@ -128,7 +133,7 @@ def _parse_served_entity(
     item: Any, field: str, *, catalog: Catalog, creator: str, now_ms: int
 ) -> st.ServedEntity:
     if not isinstance(item, dict):
-        raise invalid(f"{field}={item!r} is not valid: expected an object.")
+        raise invalid(not_valid(field, item, "an object"))
     if item.get("external_model") is not None:
         raise invalid(
             f"{field}.external_model is not supported by the local workspace: it serves "
@@ -300,7 +305,7 @@ def parse_routes(raw: Any, entities: list[st.ServedEntity], field: str) -> list[
         share, rest = divmod(100, len(names))
         return [st.Route(n, share + (1 if i < rest else 0)) for i, n in enumerate(names)]
     if not isinstance(raw, dict):
-        raise invalid(f"{field}={raw!r} is not valid: expected an object with 'routes'.")
+        raise invalid(not_valid(field, raw, "an object with 'routes'"))
     routes_raw = raw.get("routes")
     if not isinstance(routes_raw, list) or not routes_raw:
         raise invalid(
@@ -311,7 +316,7 @@ def parse_routes(raw: Any, entities: list[st.ServedEntity], field: str) -> list[
     for i, r in enumerate(routes_raw):
         f = f"{field}.routes[{i}]"
         if not isinstance(r, dict):
-            raise invalid(f"{f}={r!r} is not valid: expected an object.")
+            raise invalid(not_valid(f, r, "an object"))
         target = r.get("served_entity_name", r.get("served_model_name"))
         if target not in names:
             raise invalid(
@@ -361,7 +366,7 @@ def parse_tags(raw: Any, field: str) -> list[dict[str, str]]:
             )
         value = t.get("value")
         if value is not None and not isinstance(value, str):
-            raise invalid(f"{field}[{i}].value={value!r} is not valid: expected a string.")
+            raise invalid(not_valid(f"{field}[{i}].value", value, "a string"))
         if value is not None and len(value) > limits.MAX_TAG_VALUE_LENGTH:
             raise invalid(
                 f"{field}[{i}].value is {len(value)} characters long; at most "
@@ -379,12 +384,12 @@ def parse_rate_limits(raw: Any, field: str, *, gateway: bool) -> list[dict[str, 
     if raw is None:
         return []
     if not isinstance(raw, list):
-        raise invalid(f"{field}={raw!r} is not valid: expected a list of rate limits.")
+        raise invalid(not_valid(field, raw, "a list of rate limits"))
     out = []
     for i, r in enumerate(raw):
         f = f"{field}[{i}]"
         if not isinstance(r, dict):
-            raise invalid(f"{f}={r!r} is not valid: expected an object.")
+            raise invalid(not_valid(f, r, "an object"))
         if r.get("renewal_period") not in _RENEWAL:
             raise invalid(
                 f"{f}.renewal_period={r.get('renewal_period')!r} is not valid; use 'minute'."
@@ -408,7 +413,7 @@ def parse_rate_limits(raw: Any, field: str, *, gateway: bool) -> list[dict[str, 
 
 def parse_ai_gateway(raw: Any, field: str = "ai_gateway") -> dict[str, Any]:
     if not isinstance(raw, dict):
-        raise invalid(f"{field}={raw!r} is not valid: expected an object.")
+        raise invalid(not_valid(field, raw, "an object"))
     known = (
         "usage_tracking_config",
         "inference_table_config",
@@ -422,7 +427,7 @@ def parse_ai_gateway(raw: Any, field: str = "ai_gateway") -> dict[str, Any]:
     gw = {k: v for k, v in raw.items() if v is not None}
     for key in ("usage_tracking_config", "inference_table_config", "guardrails", "fallback_config"):
         if key in gw and not isinstance(gw[key], dict):
-            raise invalid(f"{field}.{key}={gw[key]!r} is not valid: expected an object.")
+            raise invalid(not_valid(f"{field}.{key}", gw[key], "an object"))
         if key in gw and "enabled" in gw[key]:
             gw[key]["enabled"] = _bool_field(gw[key]["enabled"], f"{field}.{key}.enabled")
     if "rate_limits" in gw:
@@ -472,7 +477,7 @@ def unwrap_request(body: dict[str, Any], task: str) -> dict[str, Any]:
     """
     params = body.get("params") or {}
     if not isinstance(params, dict):
-        raise invalid(f"params={params!r} is not valid: expected an object.")
+        raise invalid(not_valid("params", params, "an object"))
     if isinstance(body.get("inputs"), dict):
         return {**body["inputs"], **params}
     rows: list[dict[str, Any]] | None = None
