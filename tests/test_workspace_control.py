@@ -105,13 +105,18 @@ def test_token_never_appears_in_the_log(ws):
 
 def test_cli_prints_what_the_sdk_needs(ws, capsys):
     from databricks.sdk import WorkspaceClient
+    from databricks.sdk.errors import PermissionDenied
 
     assert _cli("start") == 0
     out = capsys.readouterr().out.splitlines()
     env = dict(line.removeprefix("export ").split("=", 1) for line in out)
     assert env == {"DATABRICKS_HOST": ws.host, "DATABRICKS_TOKEN": ws.token}
     w = WorkspaceClient(host=env["DATABRICKS_HOST"], token=env["DATABRICKS_TOKEN"], auth_type="pat")
-    assert isinstance(list(w.serving_endpoints.list()), list)  # the SDK authenticates
+    listed = list(w.serving_endpoints.list())  # the SDK authenticates with them...
+    assert all(e.name for e in listed)
+    wrong = WorkspaceClient(host=env["DATABRICKS_HOST"], token="not-the-token", auth_type="pat")
+    with pytest.raises(PermissionDenied):  # ...and the workspace checks the token
+        list(wrong.serving_endpoints.list())
     assert _cli("status") == 0
     status_out = capsys.readouterr().out
     assert ws.host in status_out and ws.token not in status_out

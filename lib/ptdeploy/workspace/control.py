@@ -23,13 +23,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ptdeploy import state
+from ptdeploy.clock import Clock, MonotonicClock
 from ptdeploy.errors import WorkspaceError
 from ptdeploy.workspace.files import (
     SERVER_FILE,
@@ -39,6 +39,9 @@ from ptdeploy.workspace.files import (
 )
 from ptdeploy.workspace.files import server_info as _server_info
 from ptdeploy.workspace.files import workspace_dir as _dir
+
+# Every wait here (a process starting, stopping) reads and sleeps on this clock.
+CLOCK: Clock = MonotonicClock()
 
 LOCK_FILE = "control.lock"
 SERVER_MODULE = "ptdeploy.workspace.server"
@@ -191,8 +194,8 @@ def _spawn(port: int | None, timeout: float) -> LocalWorkspace:
             start_new_session=True,  # detached: survives the terminal, own process group
         )
     _children[proc.pid] = proc
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    deadline = CLOCK.time() + timeout
+    while CLOCK.time() < deadline:
         if proc.poll() is not None:
             raise WorkspaceError(
                 f"the local workspace server exited with code {proc.returncode} while starting. "
@@ -205,7 +208,7 @@ def _spawn(port: int | None, timeout: float) -> LocalWorkspace:
             and _probe(int(info["port"]), token, timeout=2.0) is not None
         ):
             return LocalWorkspace(host_for(int(info["port"])), token, proc.pid, int(info["port"]))
-        time.sleep(0.2)
+        CLOCK.sleep(0.2)
     _terminate(proc.pid, detached=True, timeout=10.0)
     raise WorkspaceError(
         f"the local workspace server did not answer within {timeout:.0f}s; it was stopped. "
@@ -217,9 +220,9 @@ def _terminate(pid: int, *, detached: bool, timeout: float) -> None:
     """SIGTERM (graceful: workers are stopped by the server), then SIGKILL."""
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    deadline = CLOCK.time() + timeout
+    while _alive(pid) and CLOCK.time() < deadline:
+        CLOCK.sleep(0.1)
     if _alive(pid):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
