@@ -50,10 +50,11 @@ def test_wait_until_ready_times_out_with_the_state(monkeypatch):
         status_message = ""
 
     monkeypatch.setattr(mlflow.MlflowClient, "get_model_version", lambda self, n, v: Pending())
-    clock = FakeClock(0.0)
+    clock, seen = FakeClock(0.0), []
     with pytest.raises(RegistryError, match="still PENDING_REGISTRATION after 10s"):
-        registry.wait_until_version_ready("m", "1", timeout=10, clock=clock)
+        registry.wait_until_version_ready("m", "1", timeout=10, clock=clock, progress=seen.append)
     assert clock.time() >= 10  # it waited on the clock it was given
+    assert seen and set(seen) == {"PENDING_REGISTRATION"}  # each polled status reported
 
 
 def test_unknown_model_and_version(logged):

@@ -14,6 +14,7 @@ from typing import Any
 from ptdeploy.clock import Clock, MonotonicClock
 from ptdeploy.errors import RegistryError
 from ptdeploy.names import check_alias
+from ptdeploy.progress import Progress, reporter
 
 DEFAULT_ALIAS = "champion"
 # Registration moves this alias; the champion alias moves only once the endpoint serves
@@ -47,26 +48,33 @@ def wait_until_version_ready(
     timeout: float = 600.0,
     poll_interval: float = 2.0,
     clock: Clock | None = None,
+    progress: Progress = False,
 ) -> None:
-    """Block until the model version's status is READY; raise on failure or timeout."""
+    """Block until the model version's status is READY; raise on failure or timeout.
+
+    ``progress``: ``False``, ``True`` (a bar) or a callback given each polled status
+    (``ptdeploy.progress``), as the endpoint waits take one.
+    """
     clock = clock or MonotonicClock()
     client = _client()
     deadline = clock.time() + timeout
-    while True:
-        mv = client.get_model_version(name, version)
-        status = str(mv.status)
-        if status == "READY":
-            return
-        if status == "FAILED_REGISTRATION":
-            raise RegistryError(
-                f"model version {name} v{version} failed registration: {mv.status_message}"
-            )
-        if clock.time() >= deadline:
-            raise RegistryError(
-                f"model version {name} v{version} still {status} after {timeout:.0f}s; check "
-                "the registry (Catalog Explorer on Databricks) and try again."
-            )
-        clock.sleep(poll_interval)
+    with reporter(progress, f"waiting for {name} version {version}") as report:
+        while True:
+            mv = client.get_model_version(name, version)
+            status = str(mv.status)
+            report(status)
+            if status == "READY":
+                return
+            if status == "FAILED_REGISTRATION":
+                raise RegistryError(
+                    f"model version {name} v{version} failed registration: {mv.status_message}"
+                )
+            if clock.time() >= deadline:
+                raise RegistryError(
+                    f"model version {name} v{version} still {status} after {timeout:.0f}s; "
+                    "check the registry (Catalog Explorer on Databricks) and try again."
+                )
+            clock.sleep(poll_interval)
 
 
 def register(
