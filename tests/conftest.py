@@ -9,6 +9,7 @@ GGUF again in every session (see ``ptdeploy.models``).
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -17,6 +18,12 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+# jsonschema (through nbformat, papermill, mlflow) imports the optional rfc3987_syntax at
+# import time to check the "iri" string formats; that package builds a Lark grammar on
+# import, 2-3 s of CPU in every test session. No schema the tests validate uses those
+# formats: tell jsonschema the package is absent (a None entry makes the import fail).
+sys.modules.setdefault("rfc3987_syntax", None)
 
 REPO = Path(__file__).resolve().parents[1]
 _SESSION_HOME = Path(tempfile.mkdtemp(prefix="ptdeploy-test-"))
@@ -92,6 +99,35 @@ def spark(ptdeploy_home):
     session.stop()
 
 
+class _AppServers:
+    """Local-workspace apps served in-process on loopback ports, stopped together."""
+
+    def __init__(self) -> None:
+        self.running: list = []
+
+    def serve(self, app) -> str:
+        import socket
+        import threading
+        import time
+
+        import uvicorn
+
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+        thread.start()
+        while not server.started and thread.is_alive():
+            time.sleep(0.01)
+        self.running.append((server, thread))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+    def stop(self) -> None:
+        for server, thread in self.running:
+            server.should_exit = True
+            thread.join(timeout=10)
+
+
 @pytest.fixture()
 def serve_app():
     """Serve a local-workspace app in-process on a loopback port: ``serve(app) -> host``.
@@ -100,48 +136,42 @@ def serve_app():
     a workspace (``WorkspaceClient(host=host, token=..., auth_type="pat")``). Stopped (and
     the app's lifespan shut down) at the end of the test.
     """
-    import socket
-    import threading
-    import time
+    servers = _AppServers()
+    yield servers.serve
+    servers.stop()
 
-    import uvicorn
 
-    running = []
+def _local_client(serve, root: Path):
+    from databricks.sdk import WorkspaceClient
+    from fakes import TOKEN
+    from ptdeploy.workspace import store as st
+    from ptdeploy.workspace.app import create_app
 
-    def serve(app) -> str:
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-        thread.start()
-        while not server.started and thread.is_alive():
-            time.sleep(0.01)
-        running.append((server, thread))
-        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+    def make(worker_factory, catalog, wrap=None) -> WorkspaceClient:
+        """``wrap(app)`` (e.g. ``fakes.RequestLog``) is served instead of the app."""
+        app = create_app(
+            token=TOKEN,
+            store=st.EndpointStore(root / "endpoints"),
+            catalog=catalog,
+            worker_factory=worker_factory,
+            poll_interval=0.05,
+        )
+        return WorkspaceClient(host=serve(wrap(app) if wrap else app), token=TOKEN, auth_type="pat")
 
-    yield serve
-    for server, thread in running:
-        server.should_exit = True
-        thread.join(timeout=10)
+    return make
 
 
 @pytest.fixture()
 def local_client(tmp_path, serve_app):
     """``local_client(worker_factory, catalog)``: the local workspace's real app, served
     in-process with the given fakes (``tests/fakes.py``), as a ``WorkspaceClient``."""
-    from databricks.sdk import WorkspaceClient
-    from fakes import TOKEN
-    from ptdeploy.workspace import store as st
-    from ptdeploy.workspace.app import create_app
+    return _local_client(serve_app, tmp_path)
 
-    def make(worker_factory, catalog) -> WorkspaceClient:
-        app = create_app(
-            token=TOKEN,
-            store=st.EndpointStore(tmp_path / "endpoints"),
-            catalog=catalog,
-            worker_factory=worker_factory,
-            poll_interval=0.05,
-        )
-        return WorkspaceClient(host=serve_app(app), token=TOKEN, auth_type="pat")
 
-    return make
+@pytest.fixture(scope="module")
+def module_local_client(tmp_path_factory):
+    """``local_client`` for a whole test module: for tests that only query endpoints
+    (their state does not change), so the app starts once."""
+    servers = _AppServers()
+    yield _local_client(servers.serve, tmp_path_factory.mktemp("workspace"))
+    servers.stop()

@@ -1,4 +1,5 @@
-"""The embedding templates' shared steps, against a fake serving API (HTTP layer only).
+"""The embedding templates' shared steps, through databricks-sdk against the local
+workspace's real app (in-process, ``tests/fakes.py``) with a scripted embeddings worker.
 
 The real model through the real local endpoint is exercised by the notebook runs in
 tests/test_notebooks.py (including the MiniLM quality assertion).
@@ -7,10 +8,9 @@ tests/test_notebooks.py (including the MiniLM quality assertion).
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
 
+import fakes
 import pytest
-from databricks.sdk.mixins.open_ai_client import ServingEndpointsExt
 from ptdeploy import embeddings
 from ptdeploy.errors import QueryError
 
@@ -24,34 +24,36 @@ VECTORS = {
 }
 
 
-class FakeEmbeddingsApi:
-    def __init__(self) -> None:
-        self._cfg = SimpleNamespace(workspace_id=None, host="https://example.cloud.databricks.com")
-        self.requests: list[list[str]] = []
+def gte(task, body):
+    data = [
+        {"object": "embedding", "index": i, "embedding": VECTORS[text]}
+        for i, text in enumerate(body["input"])
+    ]
+    return {
+        "object": "list",
+        "model": "gte",
+        "data": data,
+        "usage": {"prompt_tokens": 3 * len(data), "total_tokens": 3 * len(data)},
+    }
 
-    def do(self, method, path=None, body=None, **_):
-        assert method == "POST" and path == "/serving-endpoints/gte/invocations"
-        self.requests.append(list(body["input"]))
-        data = [
-            {"object": "embedding", "index": i, "embedding": VECTORS[text]}
-            for i, text in enumerate(body["input"])
-        ]
-        return {
-            "object": "list",
-            "model": "gte",
-            "data": data,
-            "usage": {"prompt_tokens": 3 * len(data), "total_tokens": 3 * len(data)},
-        }
+
+@pytest.fixture(scope="module")
+def worker():
+    return fakes.recording_worker(gte)
 
 
 @pytest.fixture
-def api():
-    return FakeEmbeddingsApi()
+def api(worker):
+    """What the endpoint's worker was sent in this test: ``[(endpoint, body), ...]``."""
+    worker.bodies.clear()
+    return worker
 
 
-@pytest.fixture
-def w(api):
-    return SimpleNamespace(serving_endpoints=ServingEndpointsExt(api), api_client=api)
+@pytest.fixture(scope="module")
+def w(module_local_client, worker):
+    client = module_local_client(worker, fakes.Catalog(task_of=lambda _: "llm/v1/embeddings"))
+    fakes.create_endpoints(client, {"gte": "main.default.gte"})
+    return client
 
 
 SENTENCES = list(VECTORS)[:4]
@@ -59,7 +61,7 @@ SENTENCES = list(VECTORS)[:4]
 
 def test_one_request_for_the_batch_and_norms_as_served(w, api):
     check = embeddings.query_sample(w, "gte", SENTENCES, normalize=False)
-    assert api.requests == [SENTENCES]
+    assert api.bodies == [("gte", {"input": SENTENCES})]
     assert check.served_norms[0] == pytest.approx(math.sqrt(82))
     assert not check.served_normalized
     assert check.vectors[0] == VECTORS["a cat sits on the mat"]

@@ -25,9 +25,9 @@ from databricks.sdk.errors.platform import (
 )
 from databricks.sdk.mixins.open_ai_client import ServingEndpointsExt
 from databricks.sdk.service.serving import EndpointStateConfigUpdate, EndpointStateReady
+from fakes import FakeClock
 from ptdeploy.endpoints import (
     EndpointSpec,
-    FakeClock,
     GatewaySpec,
     InferenceTable,
     RateLimit,

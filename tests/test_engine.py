@@ -8,25 +8,20 @@ import struct
 
 import pytest
 from ptdeploy import models
+from ptdeploy.errors import InvalidRequestError, ModelLoadError
+from ptdeploy.llm_tasks import TASK_CHAT, TASK_COMPLETIONS, TASK_EMBEDDINGS
 from ptdeploy.workspace import engine as engine_module
 from ptdeploy.workspace.engine import (
     PER_ROW,
     Engine,
     GenerationBatch,
-    ModelLoadError,
     calibrate_linear_rows,
     estimate_tokens_per_second,
     model_task,
     pool,
     token_bytes,
 )
-from ptdeploy.workspace.schemas import (
-    TASK_CHAT,
-    TASK_COMPLETIONS,
-    TASK_EMBEDDINGS,
-    InvalidRequestError,
-    parse_request,
-)
+from ptdeploy.workspace.schemas import parse_request
 
 # Prompts of very different lengths (2 to 21 tokens), so batches are left-padded.
 PROMPTS = [

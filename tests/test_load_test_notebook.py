@@ -127,12 +127,13 @@ def test_an_existing_endpoint_is_used_as_it_is(notebook_run):
     assert found.chunk_size == s["chunk_size"]
 
 
-def test_a_missing_endpoint_needs_deploy_if_missing(ptdeploy_home):
-    from ptdeploy import targets
+def test_a_missing_endpoint_needs_deploy_if_missing(local_client):
+    import fakes
 
+    w = local_client(fakes.ReadyWorker, fakes.Catalog())  # the app in-process: no server to start
     p = params(endpoint_name="nb-load-test-absent", deploy_if_missing="false")
     with pytest.raises(EndpointNotFoundError, match="deploy_if_missing=true"):
-        flow.load_test_target(p, targets.workspace_client("local"))
+        flow.load_test_target(p, w)
 
 
 @pytest.mark.parametrize(

@@ -1,117 +1,119 @@
 """Load test: bounding, error recording, percentiles, token rates, payloads, CLI.
 
-Most tests drive ``run_load_test`` with a fake ``WorkspaceClient``-like object whose
-``serving_endpoints.query`` advances an injected clock, so durations and latencies are
-exact numbers and nothing sleeps. Two tests go through the real databricks-sdk against a
-stdlib HTTP server answering like a serving endpoint (usage parsing, 429 recording).
-The lead adds the end-to-end run against the local workspace.
+The load test runs through databricks-sdk against the local workspace's real app
+(in-process, ``tests/fakes.py``) whose endpoints ``ep`` (completions), ``ep-chat`` and
+``ep-embed`` are served by a scripted worker: each request runs the test's
+``behaviour(call_number, body)``, which returns (latency, response) or raises, and the
+latency advances the load test's injected clock, so durations and latencies are exact
+numbers and nothing sleeps.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import csv
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 
+import fakes
 import pytest
+from databricks.sdk import WorkspaceClient
 from databricks.sdk.errors.platform import NotFound, TooManyRequests
-from databricks.sdk.service.serving import (
-    ChatMessage,
-    QueryEndpointResponse,
-    ServingEndpointDetailed,
-)
-from ptdeploy import loadtest
-from ptdeploy.errors import EndpointError, ParameterError
+from databricks.sdk.service.serving import ServingEndpointDetailed
+from fakes import FakeClock
+from ptdeploy import cli, loadtest
+from ptdeploy.errors import EndpointError, InvalidRequestError, ParameterError
 from ptdeploy.loadtest import Task, percentile, run_load_test
 
-
-class FakeClock:
-    """A thread-safe clock that only moves when a fake request says so."""
-
-    def __init__(self) -> None:
-        self.now = 100.0
-        self._lock = threading.Lock()
-
-    def __call__(self) -> float:
-        with self._lock:
-            return self.now
-
-    def advance(self, seconds: float) -> None:
-        with self._lock:
-            self.now += seconds
+ENDPOINTS = {"ep": "llm/v1/completions", "ep-chat": "llm/v1/chat"}
+ENDPOINTS["ep-embed"] = "llm/v1/embeddings"
 
 
-def completion(prompt_tokens: int = 10, completion_tokens: int = 30) -> QueryEndpointResponse:
-    return QueryEndpointResponse.from_dict(
-        {
-            "object": "text_completion",
-            "choices": [{"index": 0, "text": "..."}],
-            "usage": {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
-            },
-        }
-    )
+def completion(prompt_tokens: int = 10, completion_tokens: int = 30) -> dict:
+    return {
+        "object": "text_completion",
+        "choices": [{"index": 0, "text": "..."}],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }
 
 
-class FakeServingEndpoints:
-    """``query`` runs ``behaviour(call_number, kwargs)``, which returns (latency, response)
-    or raises after advancing the clock; ``get`` returns ``endpoint``."""
-
-    def __init__(self, clock: FakeClock, behaviour, endpoint: dict | None = None) -> None:
-        self.clock = clock
-        self.behaviour = behaviour
-        self.endpoint = endpoint
-        self.calls: list[dict] = []
-        self._lock = threading.Lock()
-
-    def query(self, name: str, **kwargs):
-        with self._lock:
-            number = len(self.calls)
-            self.calls.append({"name": name, **kwargs})
-        latency, response = self.behaviour(number, kwargs)
-        self.clock.advance(latency)
-        return response
-
-    def get(self, name: str):
-        if self.endpoint is None:
-            raise NotFound(f"Endpoint with name '{name}' does not exist.")
-        return ServingEndpointDetailed.from_dict({"name": name, **self.endpoint})
+SCRIPT: dict = {}  # the running test's behaviour, clock and calls (one app per module)
+_LOCK = threading.Lock()
 
 
-class FakeWorkspace:
-    def __init__(self, behaviour, endpoint: dict | None = None) -> None:
-        self.clock = FakeClock()
-        self.serving_endpoints = FakeServingEndpoints(self.clock, behaviour, endpoint)
+def _scripted(body: dict) -> dict:
+    with _LOCK:
+        number = len(SCRIPT["calls"])
+        SCRIPT["calls"].append(body)
+    latency, response = SCRIPT["behaviour"](number, body)
+    SCRIPT["clock"].advance(latency)
+    return response
+
+
+class ScriptedWorker(fakes.ReadyWorker):
+    """Answers each request with the test's behaviour, in a thread: a level's requests
+    really run in parallel."""
+
+    async def infer(self, body: dict) -> dict:
+        return await asyncio.to_thread(_scripted, body)
+
+
+@pytest.fixture(scope="module")
+def workspace(module_local_client) -> WorkspaceClient:
+    catalog = fakes.Catalog(task_of=lambda name: ENDPOINTS[name.rsplit(".", 1)[-1]])
+    w = module_local_client(ScriptedWorker, catalog)
+    fakes.create_endpoints(w, {name: f"main.default.{name}" for name in ENDPOINTS})
+    return w
+
+
+@dataclass
+class Scripted:
+    w: WorkspaceClient
+    clock: FakeClock
+    calls: list[dict]
+
+
+@pytest.fixture
+def script(workspace):
+    """``script(behaviour) -> Scripted``: the endpoints answer with ``behaviour``."""
+
+    def make(behaviour) -> Scripted:
+        SCRIPT.update(behaviour=behaviour, clock=FakeClock(100.0), calls=[])
+        return Scripted(workspace, SCRIPT["clock"], SCRIPT["calls"])
+
+    return make
 
 
 def constant(latency: float = 1.0, **usage):
     return lambda number, kwargs: (latency, completion(**usage))
 
 
-def run(fake: FakeWorkspace, **kwargs):
+def run(fake: Scripted, endpoint: str = "ep", **kwargs):
     kwargs.setdefault("task", "completions")
     kwargs.setdefault("progress", False)
-    return run_load_test(fake, "ep", clock=fake.clock, **kwargs)
+    return run_load_test(fake.w, endpoint, clock=fake.clock, **kwargs)
 
 
 # --------------------------------------------------------------------------- bounding
 
 
-def test_count_cap_per_level():
-    fake = FakeWorkspace(constant(0.5))
+def test_count_cap_per_level(script):
+    fake = script(constant(0.5))
     result = run(fake, concurrency=(1, 2, 4), requests_per_level=3, max_seconds_per_level=1e6)
     assert [lv.requests for lv in result.levels] == [3, 3, 3]
     assert [lv.stop_reason for lv in result.levels] == ["requests"] * 3
-    assert len(fake.serving_endpoints.calls) == 9
+    assert len(fake.calls) == 9
     assert [s.concurrency for s in result.samples] == [1] * 3 + [2] * 3 + [4] * 3
 
 
-def test_progress_callback_gets_each_sample_as_it_lands(capsys):
-    fake = FakeWorkspace(constant(0.5))
+def test_progress_callback_gets_each_sample_as_it_lands(script, capsys):
+    fake = script(constant(0.5))
     seen = []
     result = run(
         fake,
@@ -126,10 +128,10 @@ def test_progress_callback_gets_each_sample_as_it_lands(capsys):
     assert "concurrency" not in capsys.readouterr().err  # the caller draws, not the library
 
 
-def test_duration_cap_at_concurrency_one():
+def test_duration_cap_at_concurrency_one(script):
     # Each request takes 1 s of fake time; none is issued once 5 s have passed:
     # requests start at t = 0, 1, 2, 3, 4.
-    fake = FakeWorkspace(constant(1.0))
+    fake = script(constant(1.0))
     result = run(fake, concurrency=(1,), requests_per_level=1000, max_seconds_per_level=5)
     (level,) = result.levels
     assert level.requests == 5
@@ -139,17 +141,17 @@ def test_duration_cap_at_concurrency_one():
     assert [s.start_s for s in result.samples] == pytest.approx([0, 1, 2, 3, 4])
 
 
-def test_duration_cap_with_parallel_workers():
+def test_duration_cap_with_parallel_workers(script):
     # Time moves 1 s per completed request. A request is issued only while fewer than 5
     # have completed, and at most 4 are in flight: between 5 and 5 + 4 - 1 requests.
-    fake = FakeWorkspace(constant(1.0))
+    fake = script(constant(1.0))
     result = run(fake, concurrency=(4,), requests_per_level=1000, max_seconds_per_level=5)
     (level,) = result.levels
     assert 5 <= level.requests <= 8
     assert level.stop_reason == "duration"
 
 
-def test_levels_really_run_in_parallel():
+def test_levels_really_run_in_parallel(script):
     # Three requests must be in flight together to pass the barrier; fewer workers would
     # break it (BrokenBarrierError is then recorded as an error).
     barrier = threading.Barrier(3, timeout=20)
@@ -158,7 +160,7 @@ def test_levels_really_run_in_parallel():
         barrier.wait()
         return 0.1, completion()
 
-    fake = FakeWorkspace(behaviour)
+    fake = script(behaviour)
     result = run(fake, concurrency=(3,), requests_per_level=6, max_seconds_per_level=1e6)
     assert result.levels[0].requests == 6
     assert result.levels[0].errors == 0
@@ -167,9 +169,9 @@ def test_levels_really_run_in_parallel():
 # --------------------------------------------------------------------------- statistics
 
 
-def test_percentiles_on_known_latencies():
+def test_percentiles_on_known_latencies(script):
     latencies = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
-    fake = FakeWorkspace(lambda number, kwargs: (latencies[number], completion()))
+    fake = script(lambda number, kwargs: (latencies[number], completion()))
     result = run(fake, concurrency=(1,), requests_per_level=10, max_seconds_per_level=1e6)
     (level,) = result.levels
     # Linear interpolation: position (n - 1) * q = 9 * q.
@@ -192,10 +194,10 @@ def test_percentile_function():
     assert percentile([1, 2], 0) == 1 and percentile([1, 2], 100) == 2
 
 
-def test_token_rates_from_usage():
+def test_token_rates_from_usage(script):
     # 4 requests of 0.5 s each at concurrency 1: 2 s. 30 output tokens and 40 in total
     # per request: 120 / 2 = 60 output tokens/s, 160 / 2 = 80 tokens/s.
-    fake = FakeWorkspace(constant(0.5, prompt_tokens=10, completion_tokens=30))
+    fake = script(constant(0.5, prompt_tokens=10, completion_tokens=30))
     result = run(fake, concurrency=(1,), requests_per_level=4, max_seconds_per_level=1e6)
     (level,) = result.levels
     assert level.output_tokens_per_second == pytest.approx(60)
@@ -205,20 +207,20 @@ def test_token_rates_from_usage():
     }
 
 
-def test_usage_as_dict_without_total_and_missing_usage():
+def test_usage_as_dict_without_total_and_missing_usage(script):
     responses = [
         {"usage": {"prompt_tokens": 5, "completion_tokens": 7}},  # no total: 5 + 7
         {"predictions": [1]},  # no usage at all
     ]
-    fake = FakeWorkspace(lambda number, kwargs: (1.0, responses[number]))
+    fake = script(lambda number, kwargs: (1.0, responses[number]))
     result = run(fake, concurrency=(1,), requests_per_level=2, max_seconds_per_level=1e6)
     assert (result.samples[0].total_tokens, result.samples[1].total_tokens) == (12, None)
     # Rates use the requests that reported usage, over the level's 2 s.
     assert result.levels[0].total_tokens_per_second == pytest.approx(12 / 2)
 
 
-def test_no_usage_anywhere_gives_no_token_rate():
-    fake = FakeWorkspace(lambda number, kwargs: (1.0, {"predictions": [0.1]}))
+def test_no_usage_anywhere_gives_no_token_rate(script):
+    fake = script(lambda number, kwargs: (1.0, {"predictions": [0.1]}))
     result = run(fake, concurrency=(1,), requests_per_level=2, max_seconds_per_level=1e6)
     assert result.levels[0].total_tokens_per_second is None
     assert result.levels[0].requests_per_second == pytest.approx(1.0)
@@ -227,45 +229,55 @@ def test_no_usage_anywhere_gives_no_token_rate():
 # --------------------------------------------------------------------------- errors
 
 
-def test_errors_are_recorded_not_raised():
-    def behaviour(number, kwargs):
+def test_errors_are_recorded_not_raised(script):
+    def behaviour(number, body):
         if number == 1:
-            raise TooManyRequests("slow down", error_code="REQUEST_LIMIT_EXCEEDED")
+            raise InvalidRequestError("max_tokens", "slow down")  # the endpoint answers 400
         if number == 2:
-            raise RuntimeError("boom")
-        if number == 3:
-            try:
-                raise NotFound("no such endpoint")
-            except NotFound as cause:  # what the SDK's retry wrapper raises
-                raise TimeoutError("Timed out after 0:00:01") from cause
+            raise RuntimeError("boom")  # the endpoint answers 500
         return 0.25, completion()
 
-    fake = FakeWorkspace(behaviour)
-    result = run(fake, concurrency=(1,), requests_per_level=5, max_seconds_per_level=1e6)
+    fake = script(behaviour)
+    result = run(fake, concurrency=(1,), requests_per_level=4, max_seconds_per_level=1e6)
     (level,) = result.levels
-    assert (level.requests, level.errors) == (5, 3)
+    assert (level.requests, level.errors) == (4, 2)
     by_index = {s.index: s for s in result.samples}
-    assert (by_index[1].error_type, by_index[1].status_code) == ("TooManyRequests", 429)
+    assert (by_index[1].error_type, by_index[1].status_code) == ("InvalidParameterValue", 400)
     assert by_index[1].error_message == "slow down"
-    assert (by_index[2].error_type, by_index[2].status_code) == ("RuntimeError", None)
-    assert (by_index[3].error_type, by_index[3].status_code) == ("NotFound", 404)
-    assert "Timed out" in by_index[3].error_message
-    assert not any(by_index[i].ok for i in (1, 2, 3))
+    assert (by_index[2].error_type, by_index[2].status_code) == ("InternalError", 500)
+    assert not any(by_index[i].ok for i in (1, 2))
     # Latency percentiles come from the two successes only (0.25 s each).
     assert level.p99_latency_s == pytest.approx(0.25)
     assert result.errors_by_kind() == {
-        "TooManyRequests (429): slow down": 1,
-        "RuntimeError (no status): boom": 1,
-        "NotFound (404): no such endpoint (SDK: Timed out after 0:00:01)": 1,
+        "InvalidParameterValue (400): slow down": 1,
+        "InternalError (500): Inference failed in served entity 'ep-1': boom": 1,
     }
     assert not result.all_failed
 
 
-def test_all_failed():
-    def behaviour(number, kwargs):
-        raise NotFound("gone")
+def test_errors_no_endpoint_answers_are_described_too():
+    # What never comes back as an answer: a client-side failure, and the SDK's retry
+    # wrapper (TimeoutError) around the error that made it retry.
+    assert loadtest._describe_error(TooManyRequests("slow down")) == (
+        "TooManyRequests", "slow down", 429,
+    )  # fmt: skip
+    assert loadtest._describe_error(RuntimeError("boom")) == ("RuntimeError", "boom", None)
+    try:
+        raise NotFound("no such endpoint")
+    except NotFound as cause:
+        try:
+            raise TimeoutError("Timed out after 0:00:01") from cause
+        except TimeoutError as err:
+            kind, message, status = loadtest._describe_error(err)
+    assert (kind, status) == ("NotFound", 404)
+    assert message == "no such endpoint (SDK: Timed out after 0:00:01)"
 
-    fake = FakeWorkspace(behaviour)
+
+def test_all_failed(script):
+    def behaviour(number, kwargs):
+        raise RuntimeError("gone")  # the endpoint answers 500
+
+    fake = script(behaviour)
     result = run(fake, concurrency=(1, 2), requests_per_level=2, max_seconds_per_level=1e6)
     assert result.all_failed
     assert [lv.errors for lv in result.levels] == [2, 2]
@@ -277,59 +289,47 @@ def test_all_failed():
 # --------------------------------------------------------------------------- payloads and tasks
 
 
-def test_payload_per_task():
-    fake = FakeWorkspace(constant(0.1))
-    run(fake, task="completions", concurrency=(1,), requests_per_level=1, prompt="Hi", max_tokens=5)
-    run(fake, task="llm/v1/chat", concurrency=(1,), requests_per_level=1, prompt="Hello")
-    run(fake, task=Task.EMBEDDINGS, concurrency=(1,), requests_per_level=1, inputs=["a", "b"])
-    completions, chat, embeddings = fake.serving_endpoints.calls
-    assert completions == {"name": "ep", "prompt": "Hi", "max_tokens": 5}
+def test_payload_per_task(script):
+    fake = script(constant(0.1))
+    one = {"concurrency": (1,), "requests_per_level": 1}
+    run(fake, task="completions", **one, prompt="Hi", max_tokens=5)
+    run(fake, "ep-chat", task="llm/v1/chat", **one, prompt="Hello")
+    run(fake, "ep-embed", task=Task.EMBEDDINGS, **one, inputs=["a", "b"])
+    completions, chat, embeddings = fake.calls
+    assert completions == {"prompt": "Hi", "max_tokens": 5}
     assert chat["max_tokens"] == loadtest.DEFAULT_MAX_TOKENS
-    assert chat["messages"] == [ChatMessage.from_dict({"role": "user", "content": "Hello"})]
-    assert embeddings == {"name": "ep", "input": ["a", "b"]}
+    assert chat["messages"] == [{"role": "user", "content": "Hello"}]
+    assert embeddings == {"input": ["a", "b"]}
 
 
-@pytest.mark.parametrize(
-    ("endpoint", "expected"),
-    [
-        ({"task": "llm/v1/chat"}, Task.CHAT),
-        (
-            {
-                "config": {
-                    "served_entities": [
-                        {
-                            "name": "e",
-                            "external_model": {
-                                "name": "m",
-                                "provider": "openai",
-                                "task": "llm/v1/embeddings",
-                            },
-                        }
-                    ]
-                }
-            },
-            Task.EMBEDDINGS,
-        ),
-    ],
-)
-def test_task_detected_from_endpoint(endpoint, expected):
-    fake = FakeWorkspace(constant(0.1), endpoint=endpoint)
-    result = run(fake, task=None, concurrency=(1,), requests_per_level=1)
-    assert result.task is expected
+def test_task_detected_from_endpoint(script):
+    fake = script(constant(0.1))
+    result = run(fake, "ep-chat", task=None, concurrency=(1,), requests_per_level=1)
+    assert result.task is Task.CHAT
+
+
+def _described(**fields) -> ServingEndpointDetailed:
+    return ServingEndpointDetailed.from_dict({"name": "ep", **fields})
+
+
+def test_task_of_an_external_model_endpoint():
+    entity = {"name": "e", "external_model": {"name": "m", "provider": "openai"}}
+    entity["external_model"]["task"] = "llm/v1/embeddings"
+    described = _described(config={"served_entities": [entity]})
+    assert loadtest.endpoint_task(described, "ep") is Task.EMBEDDINGS
 
 
 def test_task_not_determinable_requires_argument():
-    fake = FakeWorkspace(constant(0.1), endpoint={"config": {"served_entities": []}})
     with pytest.raises(ParameterError, match="task") as info:
-        run(fake, task=None, concurrency=(1,), requests_per_level=1)
+        loadtest.endpoint_task(_described(config={"served_entities": []}), "ep")
     assert "'ep'" in str(info.value)
-    assert fake.serving_endpoints.calls == []  # nothing was sent
 
 
-def test_task_detection_on_missing_endpoint():
-    fake = FakeWorkspace(constant(0.1), endpoint=None)
-    with pytest.raises(EndpointError, match="'ep'.*NotFound"):
-        run(fake, task=None, concurrency=(1,), requests_per_level=1)
+def test_task_detection_on_missing_endpoint(script):
+    fake = script(constant(0.1))
+    with pytest.raises(EndpointError, match="'nope'.*ResourceDoesNotExist"):
+        run(fake, "nope", task=None, concurrency=(1,), requests_per_level=1)
+    assert fake.calls == []  # nothing was sent
 
 
 @pytest.mark.parametrize(
@@ -354,19 +354,19 @@ def test_task_detection_on_missing_endpoint():
         (dict(task="chat", inputs=["x"]), "inputs"),
     ],
 )
-def test_invalid_arguments_name_the_field(kwargs, field):
-    fake = FakeWorkspace(constant(0.1))
+def test_invalid_arguments_name_the_field(script, kwargs, field):
+    fake = script(constant(0.1))
     with pytest.raises(ParameterError) as info:
         run(fake, **kwargs)
     assert str(info.value).startswith(f"{field}:")
-    assert fake.serving_endpoints.calls == []
+    assert fake.calls == []
 
 
 # --------------------------------------------------------------------------- results
 
 
-def test_table_text_and_saved_files(tmp_path):
-    fake = FakeWorkspace(constant(0.5))
+def test_table_text_and_saved_files(script, tmp_path):
+    fake = script(constant(0.5))
     out = tmp_path / "run"
     result = run(
         fake, concurrency=(1, 2), requests_per_level=4, max_seconds_per_level=1e6, out_dir=out
@@ -392,10 +392,10 @@ def test_table_text_and_saved_files(tmp_path):
     assert not list(out.glob(".*.tmp"))
 
 
-def test_best_level_respects_latency_target():
+def test_best_level_respects_latency_target(script):
     # Concurrency 1: 1 s per request; concurrency 4: 4 s per request of fake time (the
     # shared clock sums them) -> higher throughput is not reachable under a 2 s p95.
-    fake = FakeWorkspace(constant(1.0))
+    fake = script(constant(1.0))
     result = run(fake, concurrency=(1, 4), requests_per_level=4, max_seconds_per_level=1e6)
     assert result.best_level(p95_latency_target_s=2.0).concurrency == 1
     assert result.best_level(p95_latency_target_s=0.5) is None
@@ -404,66 +404,39 @@ def test_best_level_respects_latency_target():
 # --------------------------------------------------------------------------- real SDK
 
 
-class _EndpointHandler(BaseHTTPRequestHandler):
-    """Answers like a serving endpoint: 'throttled' always 429, others a completion."""
-
-    seen: list[dict] = []
-
-    def log_message(self, *args) -> None:  # keep test output clean
-        pass
-
-    def _send(self, status: int, payload: dict, headers: dict | None = None) -> None:
-        body = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        for key, value in (headers or {}).items():
-            self.send_header(key, value)
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_GET(self) -> None:  # SDK host-metadata probe and anything else
-        self._send(404, {"error_code": "NOT_FOUND", "message": "not here"})
-
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        type(self).seen.append(
-            {"path": self.path, "body": body, "auth": self.headers.get("Authorization")}
-        )
-        if self.path == "/serving-endpoints/throttled/invocations":
-            self._send(
-                429,
-                {"error_code": "REQUEST_LIMIT_EXCEEDED", "message": "rate limit"},
-                {"Retry-After": "0"},
-            )
-            return
-        self._send(
-            200,
-            {
-                "object": "text_completion",
-                "choices": [{"index": 0, "text": "ok"}],
-                "usage": {"prompt_tokens": 6, "completion_tokens": 4, "total_tokens": 10},
-            },
-        )
+def _completion_answer(task, body):
+    return {
+        "object": "text_completion",
+        "choices": [{"index": 0, "text": "ok"}],
+        "usage": {"prompt_tokens": 6, "completion_tokens": 4, "total_tokens": 10},
+    }
 
 
 @pytest.fixture
-def endpoint_server():
-    _EndpointHandler.seen = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _EndpointHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+def served(local_client):
+    """The local workspace's real app with two completions endpoints: ``ok``, and
+    ``throttled`` whose AI Gateway allows 0 calls a minute (every query answers 429).
+    Returns (client, worker class recording bodies, log of HTTP requests)."""
+    import fakes
+
+    worker = fakes.recording_worker(_completion_answer)
+    logs: list = []
+
+    def wrap(app):
+        logs.append(fakes.RequestLog(app))
+        return logs[-1]
+
+    w = local_client(worker, fakes.Catalog(), wrap=wrap)
+    fakes.create_endpoints(w, {"ok": "main.default.ok", "throttled": "main.default.throttled"})
+    limit = {"calls": 0, "renewal_period": "minute"}
+    w.api_client.do(
+        "PUT", "/api/2.0/serving-endpoints/throttled/ai-gateway", body={"rate_limits": [limit]}
+    )
+    return w, worker, logs[0]
 
 
-def test_real_sdk_client_records_usage_and_throttling(endpoint_server):
-    from databricks.sdk import WorkspaceClient
-
-    w = WorkspaceClient(host=endpoint_server, token="test-token", auth_type="pat")
+def test_real_sdk_client_records_usage_and_throttling(served):
+    w, worker, log = served
     ok = run_load_test(
         w, "ok", task="completions", concurrency=(1, 2), requests_per_level=3,
         prompt="Hi", max_tokens=4, progress=False,
@@ -471,10 +444,10 @@ def test_real_sdk_client_records_usage_and_throttling(endpoint_server):
     assert [lv.requests for lv in ok.levels] == [3, 3]
     assert ok.levels[0].errors == 0
     assert {s.total_tokens for s in ok.samples} == {10}
-    first = _EndpointHandler.seen[0]
-    assert first["path"] == "/serving-endpoints/ok/invocations"
-    assert first["body"] == {"prompt": "Hi", "max_tokens": 4}
-    assert first["auth"] == "Bearer test-token"
+    first = next(r for r in log.requests if r[1].endswith("/invocations"))
+    assert first[1] == "/serving-endpoints/ok/invocations"
+    assert worker.bodies[0] == ("ok", {"prompt": "Hi", "max_tokens": 4})
+    assert first[2] == f"Bearer {w.config.token}"
 
     throttled = run_load_test(
         w, "throttled", task="completions", concurrency=(1,), requests_per_level=1, progress=False
@@ -485,17 +458,15 @@ def test_real_sdk_client_records_usage_and_throttling(endpoint_server):
     assert sample.error_type == "RequestLimitExceeded"
     assert throttled.all_failed
     # Sent once: the load-test client does not retry (the SDK's default client would
-    # retry it for 300 s, immediately here since Retry-After is 0).
-    throttled_posts = [s for s in _EndpointHandler.seen if "throttled" in s["path"]]
+    # retry it for 300 s).
+    throttled_posts = [r for r in log.requests if "throttled/invocations" in r[1]]
     assert len(throttled_posts) == 1
     # The caller's client keeps the SDK's own retry settings.
     assert w.config.retry_timeout_seconds is None
 
 
-def test_load_test_client_copy_does_not_retry_and_has_a_large_pool(endpoint_server):
-    from databricks.sdk import WorkspaceClient
-
-    w = WorkspaceClient(host=endpoint_server, token="test-token", auth_type="pat")
+def test_load_test_client_copy_does_not_retry_and_has_a_large_pool(served):
+    w, _, _ = served
     copy = loadtest._load_test_client(w, max_concurrency=64)
     assert copy is not w
     assert copy.config.retry_timeout_seconds == 1
@@ -504,8 +475,8 @@ def test_load_test_client_copy_does_not_retry_and_has_a_large_pool(endpoint_serv
     assert isinstance(copy.config.clock, loadtest._NoRetryWaitClock)
     assert not isinstance(w.config.clock, loadtest._NoRetryWaitClock)
     assert w.config.retry_timeout_seconds is None and w.config.max_connection_pools is None
-    fake = FakeWorkspace(constant(0.1))
-    assert loadtest._load_test_client(fake, 8) is fake
+    other = object()  # a client it cannot copy (not a WorkspaceClient) is used as it is
+    assert loadtest._load_test_client(other, 8) is other
 
 
 # --------------------------------------------------------------------------- CLI
@@ -513,7 +484,7 @@ def test_load_test_client_copy_does_not_retry_and_has_a_large_pool(endpoint_serv
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ptdeploy loadtest")
-    loadtest.configure_parser(parser)
+    cli.configure_loadtest_parser(parser)
     return parser
 
 
@@ -548,40 +519,37 @@ def test_cli_rejects_invalid_arguments(argv, option, capsys):
     assert option in err and repr(argv[1]) in err
 
 
-def test_cli_profile_is_for_databricks_only(capsys):
+def test_cli_profile_is_for_databricks_only(script, capsys):
     args = _parser().parse_args(["ep", "--profile", "prod"])
-    assert loadtest.run(args, client=FakeWorkspace(constant(0.1))) == 2
+    assert cli.run_loadtest(args, client=script(constant(0.1)).w) == 2
     assert "--profile" in capsys.readouterr().err
 
 
-def test_cli_run_prints_table_writes_results_and_plots(tmp_path, capsys):
+def test_cli_run_prints_table_writes_results_and_plots(script, tmp_path, capsys):
     out = tmp_path / "out"
     args = _parser().parse_args(
         ["ep", "--task", "completions", "--concurrency", "1,2", "--requests-per-level", "2",
          "--out", str(out), "--no-progress"]
     )  # fmt: skip
-    assert loadtest.run(args, client=FakeWorkspace(lambda n, kw: (0.0, completion()))) == 0
+    fake = script(lambda n, body: (0.0, completion()))
+    assert cli.run_loadtest(args, client=fake.w) == 0
     printed = capsys.readouterr().out
     assert "concurrency" in printed and "p95 s" in printed and str(out) in printed
     for name in ("samples.csv", "summary.json", "latency_vs_concurrency.png"):
         assert (out / name).is_file()
 
 
-def test_cli_exits_non_zero_when_every_request_failed(tmp_path, capsys):
-    def behaviour(number, kwargs):
-        raise NotFound("endpoint 'ep' does not exist")
-
+def test_cli_exits_non_zero_when_every_request_failed(script, tmp_path, capsys):
     args = _parser().parse_args(
-        ["ep", "--task", "chat", "--concurrency", "1", "--requests-per-level", "2",
+        ["nope", "--task", "chat", "--concurrency", "1", "--requests-per-level", "2",
          "--out", str(tmp_path), "--no-progress", "--no-plots"]
     )  # fmt: skip
-    assert loadtest.run(args, client=FakeWorkspace(behaviour)) == 1
+    assert cli.run_loadtest(args, client=script(constant(0.1)).w) == 1  # no such endpoint
     err = capsys.readouterr().err
-    assert "every request failed" in err and "2 x NotFound (404)" in err
+    assert "every request failed" in err and "2 x ResourceDoesNotExist (404)" in err
 
 
-def test_cli_reports_undetectable_task(tmp_path, capsys):
-    args = _parser().parse_args(["ep", "--out", str(tmp_path), "--no-progress"])
-    fake = FakeWorkspace(constant(0.1), endpoint={})
-    assert loadtest.run(args, client=fake) == 2
-    assert "task" in capsys.readouterr().err
+def test_cli_reports_an_endpoint_whose_task_cannot_be_read(script, tmp_path, capsys):
+    args = _parser().parse_args(["nope", "--out", str(tmp_path), "--no-progress"])
+    assert cli.run_loadtest(args, client=script(constant(0.1)).w) == 2
+    assert "detect its task" in capsys.readouterr().err

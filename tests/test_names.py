@@ -36,3 +36,40 @@ def test_local_accepts_three_levels_and_plain_names():
 def test_reserved_or_bad_aliases(alias):
     with pytest.raises(ParameterError):
         names.check_alias(alias)
+
+
+@pytest.mark.parametrize("name", ["-leading", "_leading", "has space", "a" * 64, "ünïcode"])
+def test_the_client_and_the_local_workspace_refuse_the_same_endpoint_names(local_client, name):
+    from databricks.sdk.errors import InvalidParameterValue
+    from databricks.sdk.service.serving import EndpointCoreConfigInput, ServedEntityInput
+    from fakes import Catalog, ReadyWorker
+    from ptdeploy.errors import EndpointConfigError
+
+    with pytest.raises(EndpointConfigError) as client_side:
+        names.check_endpoint_name(name, "name")
+    w = local_client(ReadyWorker, Catalog())
+    entity = ServedEntityInput(
+        entity_name="main.default.llama", entity_version="1", max_provisioned_throughput=20
+    )
+    with pytest.raises(InvalidParameterValue) as server_side:
+        w.serving_endpoints.create(
+            name=name, config=EndpointCoreConfigInput(name=name, served_entities=[entity])
+        )
+    assert str(server_side.value) == str(client_side.value)
+    assert f"name={name!r} is not valid: expected 1 to 63 letters" in str(client_side.value)
+
+
+@pytest.mark.parametrize("name", ["a", "llama-3_chat", "A" * 63, "0start"])
+def test_a_name_the_client_accepts_the_local_workspace_creates(local_client, name):
+    from databricks.sdk.service.serving import EndpointCoreConfigInput, ServedEntityInput
+    from fakes import Catalog, ReadyWorker
+
+    w = local_client(ReadyWorker, Catalog())
+    entity = ServedEntityInput(
+        entity_name="main.default.llama", entity_version="1", max_provisioned_throughput=20
+    )
+    names.check_endpoint_name(name)
+    w.serving_endpoints.create(
+        name=name, config=EndpointCoreConfigInput(name=name, served_entities=[entity])
+    )
+    assert w.serving_endpoints.get(name).name == name

@@ -1,15 +1,14 @@
-"""get-model-optimization-info through the SDK's API client, against a recording fake.
+"""get-model-optimization-info through databricks-sdk, against the local workspace's
+real app (in-process, ``tests/fakes.py``) whose catalog describes the test's models.
 
-The fake stands in for ``w.api_client`` (the only surface the module uses); the lead's
-integration tests run the same functions against the local workspace.
+Answers the local workspace never gives but Databricks may (model units, malformed
+fields) are checked where ptdeploy parses them, ``OptimizationInfo.from_dict``.
 """
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
+import fakes
 import pytest
-from databricks.sdk.errors.platform import ResourceDoesNotExist
 from ptdeploy.errors import ModelVersionNotFoundError, NotOptimizableError, PtdeployError
 from ptdeploy.optimization import (
     OptimizationInfo,
@@ -17,69 +16,59 @@ from ptdeploy.optimization import (
     get_optimization_info,
     require_optimizable,
 )
+from ptdeploy.workspace.optimization_info import ModelDescription
 
-PREFIX = "/api/2.0/serving-endpoints/get-model-optimization-info/"
 
+class RecordingCatalog(fakes.Catalog):
+    """Describes ``llama`` version 3 (optimizable, chunk 980) and ``phi`` version 2 (not
+    optimizable); records every model the workspace was asked about."""
 
-class FakeApiClient:
-    """Answers get-model-optimization-info from a dict of (name, version) -> body."""
-
-    def __init__(self, answers: dict[tuple[str, str], dict]):
-        self.answers = answers
+    def __init__(self) -> None:
+        super().__init__(models={("main.default.llama", "3"), ("main.default.phi", "2")})
         self.calls: list[tuple[str, str]] = []
 
-    def do(self, method, path=None, url=None, query=None, headers=None, body=None, **_):
-        self.calls.append((method, path))
-        assert method == "GET" and path.startswith(PREFIX)
-        name, version = path[len(PREFIX) :].rsplit("/", 1)
-        if (name, version) not in self.answers:
-            raise ResourceDoesNotExist(
-                f"Model version {name}/{version} does not exist.",
-                error_code="RESOURCE_DOES_NOT_EXIST",
-            )
-        return self.answers[(name, version)]
+    def describe(self, name: str, version: str) -> ModelDescription:
+        self.calls.append((name, version))
+        desc = super().describe(name, version)
+        if name == "main.default.phi":
+            return ModelDescription(name, version, "llm/v1/chat", "PhiForCausalLM", False)
+        return ModelDescription(**{**desc.__dict__, "throughput_chunk_size": 980})
 
 
-def workspace(answers):
-    return SimpleNamespace(api_client=FakeApiClient(answers))
+@pytest.fixture(scope="module")
+def catalog():
+    return RecordingCatalog()
 
 
-def test_tokens_per_second_answer():
-    w = workspace(
-        {
-            ("main.default.llama", "3"): {
-                "optimizable": True,
-                "model_type": "llama",
-                "throughput_chunk_size": 980,
-            }
-        }
-    )
+@pytest.fixture(scope="module")
+def workspace(module_local_client, catalog):
+    return module_local_client(fakes.ReadyWorker, catalog)
+
+
+@pytest.fixture
+def w(workspace, catalog):
+    catalog.calls.clear()
+    return workspace
+
+
+def test_tokens_per_second_answer(w, catalog):
     info = get_optimization_info(w, "main.default.llama", 3)
     assert info == OptimizationInfo(True, "llama", throughput_chunk_size=980)
     assert info.path is ProvisioningPath.TOKENS_PER_SECOND
     assert info.chunk_size == 980
-    assert w.api_client.calls == [("GET", PREFIX + "main.default.llama/3")]
+    assert catalog.calls == [("main.default.llama", "3")]
     assert require_optimizable(info, "main.default.llama", 3) is info
 
 
 def test_model_units_answer_picks_model_units_path():
-    w = workspace(
-        {
-            ("system.ai.gpt-oss-120b", "1"): {
-                "optimizable": True,
-                "model_type": "gpt-oss",
-                "model_unit_chunk_size": 50,
-            }
-        }
-    )
-    info = get_optimization_info(w, "system.ai.gpt-oss-120b", "1")
+    body = {"optimizable": True, "model_type": "gpt-oss", "model_unit_chunk_size": 50}
+    info = OptimizationInfo.from_dict(body)
     assert info.path is ProvisioningPath.MODEL_UNITS
     assert info.chunk_size == 50
     assert "model units" in info.describe()
 
 
-def test_not_optimizable_stops_with_guidance():
-    w = workspace({("main.default.phi", "2"): {"optimizable": False}})
+def test_not_optimizable_stops_with_guidance(w):
     info = get_optimization_info(w, "main.default.phi", 2)
     assert not info.optimizable and info.path is None
     with pytest.raises(NotOptimizableError) as err:
@@ -94,8 +83,7 @@ def test_missing_optimizable_field_means_not_optimizable():
     assert OptimizationInfo.from_dict({}).optimizable is False
 
 
-def test_unknown_version_names_model_and_version():
-    w = workspace({})
+def test_unknown_version_names_model_and_version(w):
     with pytest.raises(ModelVersionNotFoundError) as err:
         get_optimization_info(w, "main.default.llama", 7)
     assert "'main.default.llama' version 7" in str(err.value)
@@ -103,16 +91,16 @@ def test_unknown_version_names_model_and_version():
 
 
 @pytest.mark.parametrize("version", [0, -1, "latest", "", True, "1.5"])
-def test_invalid_version_refused_before_any_call(version):
-    w = workspace({})
+def test_invalid_version_refused_before_any_call(w, catalog, version):
     with pytest.raises(PtdeployError, match="version="):
         get_optimization_info(w, "main.default.llama", version)
-    assert w.api_client.calls == []
+    assert catalog.calls == []
 
 
-def test_empty_model_name_refused():
+def test_empty_model_name_refused(w, catalog):
     with pytest.raises(PtdeployError, match="model_name=''"):
-        get_optimization_info(workspace({}), "", 1)
+        get_optimization_info(w, "", 1)
+    assert catalog.calls == []
 
 
 @pytest.mark.parametrize(
@@ -124,9 +112,8 @@ def test_empty_model_name_refused():
     ],
 )
 def test_unusable_answers_are_explained(answer):
-    w = workspace({("m", "1"): answer})
     with pytest.raises(PtdeployError, match="get-model-optimization-info"):
-        get_optimization_info(w, "m", 1)
+        OptimizationInfo.from_dict(answer)
 
 
 def test_round_trip_as_dict():

@@ -146,53 +146,36 @@ def test_uc_names_checked_in_parameters():
         LLAMA_COMPLETIONS.validate(_namespace(endpoint_name="bad name!"))
 
 
-class FakeWidgets:
-    """dbutils.widgets as Databricks has it: values are strings; job params override."""
+def job_dbutils(job_params: dict[str, str]):
+    """ptdeploy's Databricks-faithful offline dbutils, in a job run passing ``job_params``
+    (they override the widgets of the same name, as on Databricks)."""
+    from ptdeploy.dbutils import OfflineDbutils, TaskContext
 
-    def __init__(self, job_params):
-        self.job_params = job_params
-        self.created = {}
-
-    def text(self, name, default, label):
-        self.created[name] = ("text", default, label)
-
-    def dropdown(self, name, default, choices, label):
-        assert default in choices
-        self.created[name] = ("dropdown", default, label, choices)
-
-    def get(self, name):
-        return self.job_params.get(name, self.created[name][1])
-
-    def getAll(self):
-        return {**{n: c[1] for n, c in self.created.items()}, **self.job_params}
-
-
-class FakeDbutils:
-    def __init__(self, job_params):
-        self.widgets = FakeWidgets(job_params)
+    return OfflineDbutils(TaskContext(task_key="deploy", parameters=job_params))
 
 
 def test_databricks_widgets_and_job_base_parameters(monkeypatch):
     monkeypatch.setenv("DATABRICKS_RUNTIME_VERSION", "15.4")
-    dbutils = FakeDbutils({"max_tokens": "1960", "target": "databricks"})
+    dbutils = job_dbutils({"max_tokens": "1960", "target": "databricks"})
     p = parameters.resolve(LLAMA_COMPLETIONS, _namespace(dbutils=dbutils))
     assert p.max_tokens == 1960 and p.target == "databricks"
     assert p.surface == "databricks-widgets"
-    kind, default, label, choices = dbutils.widgets.created["task"]
-    assert kind == "dropdown" and "llm/v1/chat" in choices and label == "Task"
-    assert dbutils.widgets.created["prompt"][0] == "text"
+    widgets = dbutils.widgets
+    # task: a dropdown (it has choices); prompt: a text widget (none)
+    assert "llm/v1/chat" in widgets._choices["task"] and widgets._labels["task"] == "Task"
+    assert "prompt" in widgets._defaults and "prompt" not in widgets._choices
 
 
 def test_databricks_job_parameter_not_declared_is_refused(monkeypatch):
     monkeypatch.setenv("DATABRICKS_RUNTIME_VERSION", "15.4")
-    dbutils = FakeDbutils({"max_tokns": "5"})
+    dbutils = job_dbutils({"max_tokns": "5"})
     with pytest.raises(ParameterError, match="'max_tokns'"):
         parameters.resolve(LLAMA_COMPLETIONS, _namespace(dbutils=dbutils))
 
 
 def test_databricks_bad_widget_value(monkeypatch):
     monkeypatch.setenv("DATABRICKS_RUNTIME_VERSION", "15.4")
-    dbutils = FakeDbutils({"max_tokens": "abc"})
+    dbutils = job_dbutils({"max_tokens": "abc"})
     with pytest.raises(ParameterError, match="parameter 'max_tokens': invalid value 'abc'"):
         parameters.resolve(LLAMA_COMPLETIONS, _namespace(dbutils=dbutils))
 

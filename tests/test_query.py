@@ -1,22 +1,21 @@
 """Queries: argument checks, typed results, reasoning split, similarity, OpenAI client.
 
-``FakeInvocationsApi`` replaces only the HTTP layer (``api_client.do``) and answers
-``/serving-endpoints/{name}/invocations`` with OpenAI-shaped bodies as Databricks
-foundation-model endpoints do; ``w.serving_endpoints`` is the real SDK class on top.
+Driven through databricks-sdk against the local workspace's real app (in-process, see
+``tests/fakes.py``): routes, request checks and error codes are the app's; only the
+worker is scripted, answering OpenAI-shaped bodies as a foundation-model endpoint does
+and recording what it was sent.
 """
 
 from __future__ import annotations
 
-import copy
 import math
-from types import SimpleNamespace
 
+import fakes
 import numpy as np
 import pytest
-from databricks.sdk.errors.platform import InvalidParameterValue, ResourceDoesNotExist
-from databricks.sdk.mixins.open_ai_client import ServingEndpointsExt
+from databricks.sdk import WorkspaceClient
 from databricks.sdk.service.serving import ChatMessage, ChatMessageRole, QueryEndpointResponse
-from ptdeploy.errors import EndpointNotFoundError, PtdeployError, QueryError
+from ptdeploy.errors import EndpointNotFoundError, InvalidRequestError, PtdeployError, QueryError
 from ptdeploy.limits import MAX_N
 from ptdeploy.query import (
     Reasoned,
@@ -28,111 +27,104 @@ from ptdeploy.query import (
     split_reasoning,
 )
 
-HOST = "https://adb-1234.5.azuredatabricks.net"
 R1_OUTPUT = "<think>\nThe user asks for the capital of France. That is Paris.\n</think>\n\nThe capital of France is **Paris**."
+ENDPOINTS = {"llama-completions": "llm/v1/completions", "r1-chat": "llm/v1/chat"}
+ENDPOINTS["gte-large"] = "llm/v1/embeddings"
 
 
-class FakeInvocationsApi:
-    def __init__(self, token: str = "dapi-secret", scheme: str = "Bearer") -> None:
-        self._cfg = SimpleNamespace(
-            workspace_id=None,
-            host=HOST,
-            authenticate=lambda: {"Authorization": f"{scheme} {token}"},
-        )
-        self.bodies: list[tuple[str, dict]] = []
+def llama_completions(body):
+    prompts = [body["prompt"]] if isinstance(body["prompt"], str) else body["prompt"]
+    choices = [
+        {
+            "index": i * body["n"] + k,
+            "text": f" answer {i}.{k}",
+            "finish_reason": "length",
+            "logprobs": None,
+        }
+        for i in range(len(prompts))
+        for k in range(body["n"])
+    ]
+    return {
+        "id": "cmpl-1",
+        "object": "text_completion",
+        "created": 1700000000,
+        "model": "llama-completions",
+        "choices": choices[::-1],  # order by index, not by position
+        "usage": {"prompt_tokens": 12, "completion_tokens": 16, "total_tokens": 28},
+    }
 
-    def do(self, method, path=None, url=None, query=None, headers=None, body=None, **_):
-        assert (
-            method == "POST"
-            and path.startswith("/serving-endpoints/")
-            and path.endswith("/invocations")
-        )
-        name = path.split("/")[2]
-        self.bodies.append((name, copy.deepcopy(body)))
-        if name not in ("llama-completions", "r1-chat", "gte-large"):
-            raise ResourceDoesNotExist(
-                f"Endpoint '{name}' does not exist.", error_code="RESOURCE_DOES_NOT_EXIST"
-            )
-        if body.get("max_tokens", 0) > 4096:
-            raise InvalidParameterValue(
-                "max_tokens must be at most 4096.", error_code="INVALID_PARAMETER_VALUE"
-            )
-        return getattr(self, name.replace("-", "_"))(body)
 
-    def llama_completions(self, body):
-        prompts = [body["prompt"]] if isinstance(body["prompt"], str) else body["prompt"]
-        choices = [
-            {
-                "index": i * body["n"] + k,
-                "text": f" answer {i}.{k}",
-                "finish_reason": "length",
-                "logprobs": None,
-            }
-            for i in range(len(prompts))
-            for k in range(body["n"])
+def r1_chat(body):
+    choice = {
+        "index": 0,
+        "message": {"role": "assistant", "content": R1_OUTPUT},
+        "finish_reason": "stop",
+    }
+    if body.get("logprobs"):
+        k = body.get("top_logprobs") or 0
+        alts = [
+            {"token": "The", "logprob": -0.02, "bytes": [84, 104, 101]},
+            {"token": "Paris", "logprob": -4.1, "bytes": [80]},
         ]
-        return {
-            "id": "cmpl-1",
-            "object": "text_completion",
-            "created": 1700000000,
-            "model": "llama-completions",
-            "choices": choices[::-1],  # order by index, not by position
-            "usage": {"prompt_tokens": 12, "completion_tokens": 16, "total_tokens": 28},
-        }
-
-    def r1_chat(self, body):
-        choice = {
-            "index": 0,
-            "message": {"role": "assistant", "content": R1_OUTPUT},
-            "finish_reason": "stop",
-        }
-        if body.get("logprobs"):
-            k = body.get("top_logprobs") or 0
-            alts = [
-                {"token": "The", "logprob": -0.02, "bytes": [84, 104, 101]},
-                {"token": "Paris", "logprob": -4.1, "bytes": [80]},
+        choice["logprobs"] = {
+            "content": [
+                {
+                    "token": "The",
+                    "logprob": -0.02,
+                    "bytes": [84, 104, 101],
+                    "top_logprobs": alts[:k],
+                },
+                {"token": " capital", "logprob": -0.5, "bytes": [32], "top_logprobs": []},
             ]
-            choice["logprobs"] = {
-                "content": [
-                    {
-                        "token": "The",
-                        "logprob": -0.02,
-                        "bytes": [84, 104, 101],
-                        "top_logprobs": alts[:k],
-                    },
-                    {"token": " capital", "logprob": -0.5, "bytes": [32], "top_logprobs": []},
-                ]
-            }
-        return {
-            "id": "chatcmpl-1",
-            "object": "chat.completion",
-            "created": 1700000000,
-            "model": "r1-chat",
-            "choices": [choice],
-            "usage": {"prompt_tokens": 9, "completion_tokens": 30, "total_tokens": 39},
         }
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 1700000000,
+        "model": "r1-chat",
+        "choices": [choice],
+        "usage": {"prompt_tokens": 9, "completion_tokens": 30, "total_tokens": 39},
+    }
 
-    def gte_large(self, body):
-        vectors = [[3.0, 4.0], [0.0, 2.0], [1.0, 1.0]][: len(body["input"])]
-        data = [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)]
-        return {
-            "object": "list",
-            "model": "gte-large",
-            "data": data[::-1],
-            "usage": {"prompt_tokens": 8, "total_tokens": 8},
-        }
+
+def gte_large(body):
+    vectors = [[3.0, 4.0], [0.0, 2.0], [1.0, 1.0]][: len(body["input"])]
+    data = [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)]
+    return {
+        "object": "list",
+        "model": "gte-large",
+        "data": data[::-1],
+        "usage": {"prompt_tokens": 8, "total_tokens": 8},
+    }
+
+
+def answer(task, body):
+    if body.get("max_tokens", 0) > 4096:  # as a worker refuses it: a 400 from the endpoint
+        raise InvalidRequestError("max_tokens", "max_tokens must be at most 4096.")
+    by_task = {"llm/v1/completions": llama_completions, "llm/v1/chat": r1_chat}
+    return {**by_task, "llm/v1/embeddings": gte_large}[task](body)
+
+
+@pytest.fixture(scope="module")
+def worker():
+    return fakes.recording_worker(answer)
 
 
 @pytest.fixture
-def api():
-    return FakeInvocationsApi()
+def api(worker):
+    """What the endpoints' workers were sent in this test: ``api.bodies == [(endpoint,
+    body), ...]``."""
+    worker.bodies.clear()
+    return worker
 
 
-@pytest.fixture
-def w(api):
-    return SimpleNamespace(
-        serving_endpoints=ServingEndpointsExt(api), api_client=api, config=api._cfg
-    )
+@pytest.fixture(scope="module")
+def w(module_local_client, worker) -> WorkspaceClient:
+    """One app for the module: queries change no endpoint."""
+    catalog = fakes.Catalog(task_of=lambda name: ENDPOINTS[name.rsplit(".", 1)[-1]])
+    client = module_local_client(worker, catalog)
+    fakes.create_endpoints(client, {name: f"main.default.{name}" for name in ENDPOINTS})
+    return client
 
 
 # ------------------------------------------------------------------ completions
@@ -306,7 +298,8 @@ def test_unknown_endpoint_and_server_refusal(w):
 
 
 def test_wrong_kind_of_endpoint_is_explained(w):
-    with pytest.raises(QueryError, match="embeddings endpoint"):
+    # the endpoint refuses a request of another task with a 400 that names both tasks
+    with pytest.raises(QueryError, match="serves llm/v1/chat requests.*llm/v1/embeddings"):
         embed(w, "r1-chat", ["a"])
 
 
@@ -388,12 +381,11 @@ def test_cosine_similarity_table_refusals_and_zero_vectors():
 
 def test_openai_client_uses_the_sdk_token(w):
     client = openai_client(w, max_retries=0)
-    assert str(client.base_url).rstrip("/") == f"{HOST}/serving-endpoints"
-    assert client.api_key == "dapi-secret"
+    assert str(client.base_url).rstrip("/") == f"{w.config.host}/serving-endpoints"
+    assert client.api_key == fakes.TOKEN
 
 
-def test_openai_client_needs_a_bearer_token():
-    api = FakeInvocationsApi(scheme="Basic", token="dXNlcjpwYXNz")
-    w = SimpleNamespace(api_client=api, config=api._cfg)
+def test_openai_client_needs_a_bearer_token(w):
+    basic = WorkspaceClient(host=w.config.host, username="user", password="pass", auth_type="basic")
     with pytest.raises(PtdeployError, match="bearer token"):
-        openai_client(w)
+        openai_client(basic)

@@ -4,8 +4,8 @@ and replies split into reasoning and answer (the split itself: tests/test_query.
 from __future__ import annotations
 
 import copy
-from types import SimpleNamespace
 
+import fakes
 import pytest
 from ptdeploy import models, reasoning, registry, targets
 from ptdeploy.errors import QueryError
@@ -70,38 +70,50 @@ def test_the_template_is_recorded_on_the_registered_version(registered_tiny_chat
     assert reasoning.recorded_opens_think(name, "999") is False  # no such version: no tag
 
 
-class FakeChatApi:
-    """Answers /serving-endpoints/r1/invocations with a fixed assistant content."""
-
-    def __init__(self, content: str, finish_reason: str = "stop") -> None:
-        self.content, self.finish_reason = content, finish_reason
-        self.bodies: list[dict] = []
-
-    def do(self, method, path=None, body=None, **_):
-        assert method == "POST" and path == "/serving-endpoints/r1/invocations"
-        self.bodies.append(copy.deepcopy(body))
-        return {
-            "object": "chat.completion",
-            "model": "r1",
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": self.content},
-                    "finish_reason": self.finish_reason,
-                }
-            ],
-            "usage": {"prompt_tokens": 20, "completion_tokens": 99, "total_tokens": 119},
-        }
+def r1_reply(task, body):
+    """A chat endpoint answering with the content the test scripted (``reply``)."""
+    choice = {
+        "index": 0,
+        "message": {"role": "assistant", "content": REPLY["content"]},
+        "finish_reason": REPLY["finish_reason"],
+    }
+    return {
+        "object": "chat.completion",
+        "model": "r1",
+        "choices": [choice],
+        "usage": {"prompt_tokens": 20, "completion_tokens": 99, "total_tokens": 119},
+    }
 
 
-def _client(api):
-    return SimpleNamespace(api_client=api)
+REPLY = {"content": "x", "finish_reason": "stop"}
 
 
-def test_ask_follows_the_recommendations_and_splits():
-    api = FakeChatApi("Okay, 7 times 6.\n7*6 = 42.\n</think>\n\nThe answer is \\boxed{42}.")
-    answer = reasoning.ask(_client(api), "r1", "What is 7 times 6?", prompt_opened=True)
-    assert api.bodies == [
+@pytest.fixture(scope="module")
+def endpoint(module_local_client):
+    """The ``r1`` chat endpoint on the local workspace's real app, and its worker."""
+    worker = fakes.recording_worker(r1_reply)
+    w = module_local_client(worker, fakes.Catalog(task_of=lambda _: "llm/v1/chat"))
+    fakes.create_endpoints(w, {"r1": "main.default.r1"})
+    return w, worker
+
+
+@pytest.fixture
+def r1(endpoint):
+    """``r1(content, finish_reason) -> (client, worker)``: script the next replies."""
+    w, worker = endpoint
+    worker.bodies.clear()
+
+    def script(content: str, finish_reason: str = "stop"):
+        REPLY.update(content=content, finish_reason=finish_reason)
+        return w, worker
+
+    return script
+
+
+def test_ask_follows_the_recommendations_and_splits(r1):
+    w, api = r1("Okay, 7 times 6.\n7*6 = 42.\n</think>\n\nThe answer is \\boxed{42}.")
+    answer = reasoning.ask(w, "r1", "What is 7 times 6?", prompt_opened=True)
+    assert [body for _, body in api.bodies] == [
         {
             "messages": [{"role": "user", "content": "What is 7 times 6?"}],
             "max_tokens": reasoning.RECOMMENDED_MAX_TOKENS,
@@ -115,23 +127,23 @@ def test_ask_follows_the_recommendations_and_splits():
     assert "answer:\nThe answer is" in answer.report()
 
 
-def test_a_reply_cut_off_mid_thought_has_no_answer():
-    api = FakeChatApi("Let me think. First, 7 times 6 is", finish_reason="length")
-    cut = reasoning.ask(_client(api), "r1", "What is 7 times 6?", max_tokens=8, prompt_opened=True)
+def test_a_reply_cut_off_mid_thought_has_no_answer(r1):
+    w, _ = r1("Let me think. First, 7 times 6 is", finish_reason="length")
+    cut = reasoning.ask(w, "r1", "What is 7 times 6?", max_tokens=8, prompt_opened=True)
     assert cut.reasoning == "Let me think. First, 7 times 6 is"
     assert cut.answer == "" and cut.complete is False
     assert "raise max_tokens" in cut.report()
     # The same text from a template that did not open <think> is a (short) answer.
-    plain = reasoning.ask(_client(api), "r1", "What is 7 times 6?", max_tokens=8)
+    plain = reasoning.ask(w, "r1", "What is 7 times 6?", max_tokens=8)
     assert plain.answer == "Let me think. First, 7 times 6 is" and plain.reasoning == ""
 
 
-def test_ask_checks_its_arguments_before_calling():
-    api = FakeChatApi("x")
+def test_ask_checks_its_arguments_before_calling(r1):
+    w, api = r1("x")
     with pytest.raises(QueryError, match="temperature=3"):
-        reasoning.ask(_client(api), "r1", "Hi", temperature=3)
+        reasoning.ask(w, "r1", "Hi", temperature=3)
     with pytest.raises(QueryError, match="is empty"):
-        reasoning.ask(_client(api), "r1", "")
+        reasoning.ask(w, "r1", "")
     assert api.bodies == []
 
 

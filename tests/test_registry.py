@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import mlflow
 import pytest
+from fakes import FakeClock
 from ptdeploy import model_logging, models, registry, targets
 from ptdeploy.errors import RegistryError
 
@@ -49,13 +50,11 @@ def test_wait_until_ready_times_out_with_the_state(monkeypatch):
         status_message = ""
 
     monkeypatch.setattr(mlflow.MlflowClient, "get_model_version", lambda self, n, v: Pending())
-    clock = {"t": 0.0}
-
-    def sleep(s):
-        clock["t"] += s
-
+    clock, seen = FakeClock(0.0), []
     with pytest.raises(RegistryError, match="still PENDING_REGISTRATION after 10s"):
-        registry.wait_until_version_ready("m", "1", timeout=10, sleep=sleep, now=lambda: clock["t"])
+        registry.wait_until_version_ready("m", "1", timeout=10, clock=clock, progress=seen.append)
+    assert clock.time() >= 10  # it waited on the clock it was given
+    assert seen and set(seen) == {"PENDING_REGISTRATION"}  # each polled status reported
 
 
 def test_unknown_model_and_version(logged):

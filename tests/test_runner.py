@@ -90,6 +90,7 @@ def tiny_templates(tmp_path, monkeypatch):
     return notebooks, parameters
 
 
+@pytest.mark.slow  # starts kernels
 def test_run_all_reports_each_notebook_and_the_failing_cell(tiny_templates, tmp_path):
     notebooks, parameters = tiny_templates
     results = runner.run_all(
@@ -110,6 +111,7 @@ def test_run_all_reports_each_notebook_and_the_failing_cell(tiny_templates, tmp_
     assert "tiny_ok" in table and "1 failed" in table
 
 
+@pytest.mark.slow  # starts kernels
 def test_run_all_cli_exit_code_and_failing_cell(tiny_templates, tmp_path, capsys):
     notebooks, parameters = tiny_templates
     code = cli.main(
@@ -168,7 +170,7 @@ def test_run_all_local_stops_the_workspace_it_started(
 
     notebooks, parameters = tiny_templates
     calls: list[bool] = []
-    monkeypatch.setattr(runner, "_local_workspace_running", lambda: running_before)
+    monkeypatch.setattr(runner.targets, "local_workspace_running", lambda: running_before)
     monkeypatch.setattr(runner, "_run_plan", lambda *a: [])
     monkeypatch.setattr(control, "stop", lambda quiet=False: calls.append(quiet) or True)
     runner.run_all(

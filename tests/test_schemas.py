@@ -7,15 +7,13 @@ import pickle
 import struct
 
 import pytest
+from ptdeploy.errors import InvalidRequestError
+from ptdeploy.llm_tasks import TASK_CHAT, TASK_COMPLETIONS, TASK_EMBEDDINGS
 from ptdeploy.workspace.schemas import (
-    TASK_CHAT,
-    TASK_COMPLETIONS,
-    TASK_EMBEDDINGS,
     ChatRequest,
     Choice,
     CompletionRequest,
     EmbeddingRequest,
-    InvalidRequestError,
     TokenLogprob,
     TopLogprob,
     Usage,

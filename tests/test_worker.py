@@ -13,7 +13,7 @@ import signal
 
 import pytest
 from ptdeploy import state
-from ptdeploy.workspace.schemas import InvalidRequestError
+from ptdeploy.errors import InvalidRequestError
 from ptdeploy.workspace.worker import (
     FAILED,
     READY,

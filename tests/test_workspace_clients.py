@@ -232,7 +232,10 @@ def test_sdk_errors_map_to_databricks_exceptions(
             ),
         )
     assert "max_provisioned_throughput" in str(bad.value) and "valid values" in str(bad.value)
-    with pytest.raises(InvalidParameterValue, match="not a valid endpoint name"):
+    with pytest.raises(
+        InvalidParameterValue,
+        match="name=.bad.name. is not valid: expected 1 to 63 letters, digits",
+    ):
         w.serving_endpoints.create(
             name="bad.name", config=EndpointCoreConfigInput(name="bad.name", served_entities=[])
         )

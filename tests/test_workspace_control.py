@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from ptdeploy import cli
 from ptdeploy.errors import WorkspaceError
 from ptdeploy.workspace import control, files
 
@@ -48,8 +49,8 @@ def _listening_addresses(port: int) -> list[str]:
 
 def _cli(*argv: str) -> int:
     parser = argparse.ArgumentParser()
-    control.configure_parser(parser)
-    return control.run(parser.parse_args(list(argv)))
+    cli.configure_workspace_parser(parser)
+    return cli.run_workspace(parser.parse_args(list(argv)))
 
 
 def test_token_file_is_owner_only_and_repaired(ws):
@@ -104,13 +105,18 @@ def test_token_never_appears_in_the_log(ws):
 
 def test_cli_prints_what_the_sdk_needs(ws, capsys):
     from databricks.sdk import WorkspaceClient
+    from databricks.sdk.errors import PermissionDenied
 
     assert _cli("start") == 0
     out = capsys.readouterr().out.splitlines()
     env = dict(line.removeprefix("export ").split("=", 1) for line in out)
     assert env == {"DATABRICKS_HOST": ws.host, "DATABRICKS_TOKEN": ws.token}
     w = WorkspaceClient(host=env["DATABRICKS_HOST"], token=env["DATABRICKS_TOKEN"], auth_type="pat")
-    assert isinstance(list(w.serving_endpoints.list()), list)  # the SDK authenticates
+    listed = list(w.serving_endpoints.list())  # the SDK authenticates with them...
+    assert all(e.name for e in listed)
+    wrong = WorkspaceClient(host=env["DATABRICKS_HOST"], token="not-the-token", auth_type="pat")
+    with pytest.raises(PermissionDenied):  # ...and the workspace checks the token
+        list(wrong.serving_endpoints.list())
     assert _cli("status") == 0
     status_out = capsys.readouterr().out
     assert ws.host in status_out and ws.token not in status_out
@@ -157,9 +163,8 @@ def test_stop_then_status_and_port_in_use(ws, capsys):
 def test_foreground_serves_until_stopped():
     control.stop(quiet=True)
     code = (
-        "import argparse, sys; from ptdeploy.workspace import control; "
-        "p = argparse.ArgumentParser(); control.configure_parser(p); "
-        "sys.exit(control.run(p.parse_args(['start', '--foreground'])))"
+        "import sys; from ptdeploy import cli; "
+        "sys.exit(cli.main(['workspace', 'start', '--foreground']))"
     )
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:

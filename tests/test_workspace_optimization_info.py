@@ -115,8 +115,9 @@ def test_registry_lookup(registered_tiny_completions):
     assert desc.optimizable and desc.model_type == "llama" and desc.task == "llm/v1/completions"
     assert desc.parameter_count and desc.parameter_count > 100_000  # counted from the weights
     with pytest.raises(
-        oi.ModelVersionNotFound, match=f"{name}/99 does not exist; existing versions: {version}"
+        oi.ModelVersionNotFoundError,
+        match=f"{name}/99 does not exist; existing versions: {version}",
     ):
         catalog.describe(name, "99")
-    with pytest.raises(oi.ModelVersionNotFound, match="main.default.nope does not exist"):
+    with pytest.raises(oi.ModelVersionNotFoundError, match="main.default.nope does not exist"):
         catalog.describe("main.default.nope", "1")

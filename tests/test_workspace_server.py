@@ -14,11 +14,12 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from ptdeploy.errors import InvalidRequestError, ModelVersionNotFoundError
 from ptdeploy.workspace import server as srv
 from ptdeploy.workspace import store as st
 from ptdeploy.workspace.manager import stop_all
-from ptdeploy.workspace.optimization_info import ModelDescription, ModelVersionNotFound
-from ptdeploy.workspace.schemas import InvalidRequestError, parse_request
+from ptdeploy.workspace.optimization_info import ModelDescription
+from ptdeploy.workspace.schemas import parse_request
 
 TOKEN = "test-token-123"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -90,7 +91,9 @@ class Catalog:
         try:
             return self.models[(name, str(version))]
         except KeyError:
-            raise ModelVersionNotFound(f"Model version {name}/{version} does not exist.") from None
+            raise ModelVersionNotFoundError(
+                f"Model version {name}/{version} does not exist."
+            ) from None
 
 
 @pytest.fixture()

@@ -18,10 +18,11 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from ptdeploy import limits
+from ptdeploy.errors import ModelVersionNotFoundError
 from ptdeploy.workspace import store as st
 from ptdeploy.workspace.app import create_app
 from ptdeploy.workspace.manager import stop_all
-from ptdeploy.workspace.optimization_info import ModelDescription, ModelVersionNotFound
+from ptdeploy.workspace.optimization_info import ModelDescription
 from ptdeploy.workspace.schemas import parse_request
 
 TOKEN = "sweep-token"
@@ -78,7 +79,9 @@ class Catalog:
         try:
             return self.models[(name, version)]
         except KeyError:
-            raise ModelVersionNotFound(f"Model version {name}/{version} does not exist.") from None
+            raise ModelVersionNotFoundError(
+                f"Model version {name}/{version} does not exist."
+            ) from None
 
 
 def served(model: str = "tiny", **extra: Any) -> dict[str, Any]:

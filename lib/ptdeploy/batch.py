@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import ptdeploy
 from ptdeploy import ai_query, planner
+from ptdeploy.clock import Clock, MonotonicClock
 from ptdeploy.errors import BatchError, ParameterError, ThroughputError
 from ptdeploy.loadtest import Task, parse_task
 from ptdeploy.targets import Target
@@ -391,7 +392,7 @@ def run_batch(
     *,
     connection: ai_query.Connection | None = None,
     progress: Progress | None = None,
-    clock: Callable[[], float] = time.monotonic,
+    clock: Clock | None = None,
 ) -> BatchResult:
     """Send every input row not yet in the output through ``ai_query``; append the answers.
 
@@ -413,7 +414,8 @@ def run_batch(
         counters = ai_query.register(
             spark, connection, spec.task, concurrency=math.ceil(spec.concurrency / partitions)
         )
-    started = clock()
+    clock = clock or MonotonicClock()
+    started = clock.time()
     source, rows_in = prepare_input(spark, spec, target)
     sql = batch_sql(spec, source.columns)
     pending = source
@@ -444,7 +446,7 @@ def run_batch(
     finally:
         keyed.unpersist()
         spark.catalog.dropTempView(INPUT_VIEW)
-    elapsed = clock() - started
+    elapsed = clock.time() - started
     result = _totals(spark, spec, sql, rows_in, rows_skipped, sent, elapsed, target)
     result.commits = len(sizes)
     if counters is not None:

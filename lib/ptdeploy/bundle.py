@@ -35,20 +35,18 @@ cluster:
 
 from __future__ import annotations
 
-import argparse
 import copy
 import difflib
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ptdeploy.errors import ParameterError, PtdeployError
-from ptdeploy.specs import JOB_STEPS, spec_for
+from ptdeploy.notebook import DEPLOY_TASK, JOB_TASKS, PROMOTE_TASK
+from ptdeploy.specs import spec_for
 from ptdeploy.state import project_root
 
-JOB_TASKS = JOB_STEPS
 # A notebook without a ``steps`` parameter (the load test) is one task of this name.
 SINGLE_TASK = "run"
 CLUSTER_KEY = "ml_cpu"
@@ -243,7 +241,7 @@ def job_resource(notebook: str, root: Path | None = None) -> dict[str, Any]:
         if chained:
             entry["notebook_task"]["base_parameters"] = {"steps": task}
         entry["libraries"] = copy.deepcopy(libraries)  # no YAML anchors in the output
-        if task in ("deploy", "promote", SINGLE_TASK):  # both may wait for an update
+        if task in (DEPLOY_TASK, PROMOTE_TASK, SINGLE_TASK):  # both may wait for an update
             entry["timeout_seconds"] = (wait_minutes + DEPLOY_MARGIN_MINUTES) * 60
         tasks.append(entry)
         previous = task
@@ -427,34 +425,10 @@ def check_job_file(path: Path, root: Path | None = None) -> None:
                 )
 
 
-# ------------------------------------------------------------------ command line
-
-
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--check",
-        action="store_true",
-        help="write nothing; exit 1 when databricks.yml or resources/ are out of date",
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    try:
-        if args.check:
-            outdated = stale()
-            for job_file in sorted((_root(None) / "resources").glob("*.job.yml")):
-                check_job_file(job_file)
-            if outdated:
-                print(
-                    "out of date (run `ptdeploy bundle`): " + ", ".join(map(str, outdated)),
-                    file=sys.stderr,
-                )
-                return 1
-            print("bundle up to date")
-            return 0
-        changed = write()
-    except PtdeployError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print("wrote " + ", ".join(map(str, changed)) if changed else "bundle already up to date")
-    return 0
+def check(root: Path | None = None) -> list[Path]:
+    """``ptdeploy bundle --check``: every job file checked (raises on an invalid one), then
+    the bundle files that are out of date (empty when the bundle is up to date)."""
+    outdated = stale(root)
+    for job_file in sorted((_root(root) / "resources").glob("*.job.yml")):
+        check_job_file(job_file, root)
+    return outdated

@@ -25,15 +25,21 @@ from typing import TYPE_CHECKING, Any
 
 from ptdeploy import embeddings, models, names, optimization, query, registry, state, targets
 from ptdeploy.errors import ModelVersionNotFoundError, NotOptimizableError, RegistryError
-from ptdeploy.model_logging import TASK_CHAT, TASK_COMPLETIONS, TASK_EMBEDDINGS, TASKS
-from ptdeploy.notebook import get_task_value, set_task_values
+from ptdeploy.llm_tasks import (
+    EMBEDDING_SERVED_MODEL_TYPES,
+    TASK_CHAT,
+    TASK_COMPLETIONS,
+    TASK_EMBEDDINGS,
+    TASKS,
+    logged_task,
+)
+from ptdeploy.notebook import ALL_STEPS, REGISTER_TASK, get_task_value, set_task_values
 from ptdeploy.parameters import Params
 
 if TYPE_CHECKING:
     from databricks.sdk import WorkspaceClient
 
 SYSTEM_CATALOG, AI_SCHEMA = "system", "ai"
-REGISTER_TASK = "register"  # the job task that resolves the version (see flow.REGISTER_TASK)
 
 # Meta Llama 2/3.x names in system.ai: meta_llama_3_8b, meta_llama_v3_1_405b,
 # llama_v3_2_1b_instruct... Llama 4 is published as Instruct only (llama-4-maverick) and
@@ -252,20 +258,16 @@ def resolve_version(
         if not ready:
             raise ModelVersionNotFoundError(
                 f"model {name!r} has no READY version yet (versions: "
-                f"{', '.join(sorted(str(v.version) for v in versions))}); wait for registration."
+                f"{registry.version_list(versions)}); wait for registration."
             )
         return str(ready[-1])
     wanted = str(version).strip()
     if not wanted.isdigit() or int(wanted) not in {int(v.version) for v in versions}:
         raise ModelVersionNotFoundError(
             f"model {name!r} has no version {version!r} (model_version). Existing versions: "
-            f"{', '.join(map(str, sorted(int(v.version) for v in versions)))}; leave "
-            "model_version empty for the latest."
+            f"{registry.version_list(versions)}; leave model_version empty for the latest."
         )
     return str(int(wanted))
-
-
-EMBEDDING_MODEL_TYPES = ("gte", "bge", "bert")
 
 
 def model_task(name: str, version: str, info: optimization.OptimizationInfo | None = None) -> str:
@@ -279,13 +281,11 @@ def model_task(name: str, version: str, info: optimization.OptimizationInfo | No
     import mlflow
 
     logged = mlflow.models.get_model_info(f"models:/{name}/{version}")
-    metadata = logged.metadata or {}
-    flavor = (logged.flavors or {}).get("transformers") or {}
-    task = metadata.get("task") or flavor.get("inference_task")
+    task = logged_task(logged.metadata, logged.flavors)
     if task in TASKS:
         return str(task)
     if info is not None and info.optimizable:
-        guessed = TASK_EMBEDDINGS if info.model_type in EMBEDDING_MODEL_TYPES else TASK_CHAT
+        guessed = TASK_EMBEDDINGS if info.model_type in EMBEDDING_SERVED_MODEL_TYPES else TASK_CHAT
         print(
             f"{name} version {version} does not record its task; serving it as {guessed} "
             f"(model_type {info.model_type!r})."
@@ -339,7 +339,7 @@ def resolve(p: Params, w: WorkspaceClient) -> CatalogModel:
     check_system_ai_rules(name)
     if targets.Target(p.target) is targets.Target.LOCAL and name in LOCAL_SEEDS:
         seed_system_ai(only=[name])
-    register_step = p.get("steps", "all") in ("all", REGISTER_TASK)
+    register_step = p.get("steps", ALL_STEPS) in (ALL_STEPS, REGISTER_TASK)
     asked = p.get("model_version")
     if not register_step and asked is None:
         asked = get_task_value(REGISTER_TASK, "model_version", None) or None

@@ -53,7 +53,7 @@ def register_step(p: Params) -> tuple[registry.RegisteredVersion, smoke.SmokeRes
     """The register step: load, log with ``p.task``, register (challenger), and complete
     the prompt from the registry before any endpoint exists. Outside this step: the
     version the register task handed over (or the challenger's)."""
-    if not flow.runs(p, "register"):
+    if not flow.runs(p, flow.REGISTER_TASK):
         return flow.registered_version(p), None
     loaded = flow.load(p)
     registered = flow.log_and_register(p, loaded)

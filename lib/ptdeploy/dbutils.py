@@ -7,8 +7,9 @@ Databricks documentation and cites it; where the documentation is silent the beh
 the runtime is described and marked as such.
 
 Standard library only, on purpose: the bootstrap rehearsal loads this file by path in a
-kernel where ``ptdeploy`` itself is not importable yet. For the same reason the errors are
-the exception types Databricks raises (``TypeError``, ``ValueError``), not ptdeploy's own.
+kernel where ``ptdeploy`` itself is not importable yet (then ``errors.py``, standard
+library only too, is loaded beside it). For the same reason the errors are the exception
+types Databricks raises (``TypeError``, ``ValueError``, ``InputWidgetNotDefined``).
 
 - Widgets: https://docs.databricks.com/notebooks/widgets.html and the dbutils reference
   https://docs.databricks.com/dev-tools/databricks-utils.html#widgets-utility-dbutilswidgets
@@ -22,6 +23,7 @@ the exception types Databricks raises (``TypeError``, ``ValueError``), not ptdep
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import os
 import re
@@ -30,6 +32,16 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+try:
+    from ptdeploy.errors import InputWidgetNotDefined
+except ImportError:  # loaded by path in a kernel where ptdeploy is not importable yet
+    _errors_spec = importlib.util.spec_from_file_location(
+        "_ptdeploy_offline_errors", Path(__file__).with_name("errors.py")
+    )
+    _errors = importlib.util.module_from_spec(_errors_spec)
+    _errors_spec.loader.exec_module(_errors)
+    InputWidgetNotDefined = _errors.InputWidgetNotDefined
 
 # The environment variable the job rehearsal sets: a JSON file describing the task run.
 CONTEXT_ENV = "PTDEPLOY_DBUTILS_CONTEXT"
@@ -46,10 +58,6 @@ REDACTED = "[REDACTED]"
 _SCOPE_NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,128}$")
 # Secret keys: "alphanumeric characters, dashes, underscores, and periods" (same page).
 _SECRET_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
-
-
-class InputWidgetNotDefined(Exception):
-    """What the runtime raises for ``dbutils.widgets.get`` of a widget nobody created."""
 
 
 @dataclass
@@ -499,36 +507,3 @@ def write_ipython_startup(ipython_dir: Path) -> Path:
     script = startup / "00-ptdeploy-dbutils.py"
     script.write_text(STARTUP_SCRIPT.format(path=str(Path(__file__).resolve())))
     return script
-
-
-# ------------------------------------------------------------------ command line
-
-
-def configure_parser(parser: Any) -> None:
-    sub = parser.add_subparsers(dest="secrets_command", required=True, metavar="ACTION")
-    put = sub.add_parser("put", help="store a secret (value read from stdin, never an argument)")
-    put.add_argument("scope")
-    put.add_argument("key")
-    sub.add_parser("list", help="scopes and keys (never values)")
-
-
-def run(args: Any) -> int:
-    if args.secrets_command == "put":
-        import getpass
-
-        value = (
-            sys.stdin.readline().rstrip("\n")
-            if not sys.stdin.isatty()
-            else getpass.getpass(f"value of {args.scope}/{args.key}: ")
-        )
-        try:
-            path = put_secret(args.scope, args.key, value)
-        except ValueError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        print(f"stored {args.scope}/{args.key} in {path} (owner-only)")
-        return 0
-    secrets = Secrets()
-    for scope in secrets.listScopes():
-        print(f"{scope}: {', '.join(secrets.list(scope))}")
-    return 0

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from ptdeploy import query, smoke
 from ptdeploy.errors import QueryError
-from ptdeploy.model_logging import TASK_EMBEDDINGS
+from ptdeploy.llm_tasks import TASK_EMBEDDINGS
 
 if TYPE_CHECKING:
     from databricks.sdk import WorkspaceClient
@@ -195,7 +195,7 @@ def register_step(p: Any) -> tuple[RegisteredVersion, list[list[float]] | None]:
     the version the register task handed over, and no reference."""
     from ptdeploy import flow
 
-    if not flow.runs(p, "register"):
+    if not flow.runs(p, flow.REGISTER_TASK):
         return flow.registered_version(p), None
     loaded = flow.load(p)
     registered = flow.log_and_register(p, loaded, task=TASK, model_type=p.model_type)

@@ -14,7 +14,7 @@ this module does:
   the second, which is already true while a freshly created endpoint can still be
   NOT_READY. It shows progress, fails fast with the endpoint's own deployment message on
   ``UPDATE_FAILED``/``UPDATE_CANCELED``, and on timeout says which state it was left in.
-  The clock is injectable (``FakeClock``) so tests never sleep.
+  The clock is injectable (``ptdeploy.clock.Clock``; a fake in tests) so tests never sleep.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from databricks.sdk.clock import Clock, RealClock
 from databricks.sdk.errors import (
     AlreadyExists,
     BadRequest,
@@ -51,13 +50,18 @@ from databricks.sdk.service.serving import (
     TrafficConfig,
 )
 
+from ptdeploy.clock import Clock, RealClock
 from ptdeploy.errors import (
     EndpointConfigError,
     EndpointError,
     EndpointNotFoundError,
     EndpointTimeoutError,
 )
-from ptdeploy.limits import ENDPOINT_NAME_MAX_LENGTH, SERVED_ENTITY_NAME_PATTERN
+from ptdeploy.names import (
+    check_endpoint_name,
+    check_served_entity_name,
+    default_served_entity_name,
+)
 from ptdeploy.progress import Progress, reporter
 from ptdeploy.throughput import ModelUnitsPlan, ProvisioningPlan, ThroughputPlan
 
@@ -67,7 +71,6 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_TIMEOUT",
     "EndpointSpec",
-    "FakeClock",
     "GatewaySpec",
     "InferenceTable",
     "RateLimit",
@@ -83,11 +86,6 @@ __all__ = [
 DEFAULT_TIMEOUT = timedelta(minutes=40)  # a provisioned-throughput endpoint takes ~30 min
 DEFAULT_POLL_INTERVAL = 10.0  # seconds between polls once the backoff has grown
 
-# Databricks: "An endpoint name can consist of alphanumeric characters, dashes, and
-# underscores". The length cap (63) and the alphanumeric first character are the rules
-# the rest of ptdeploy (parameter specs, local workspace store) uses.
-_ENDPOINT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")  # length checked apart, with its hint
-_SERVED_ENTITY_NAME = SERVED_ENTITY_NAME_PATTERN
 _UC_PART = re.compile(r"[^.\s/\x00-\x1f\x7f]+")
 
 _FAILED_UPDATES = (
@@ -98,66 +96,6 @@ _FAILED_DEPLOYMENTS = (
     ServedModelStateDeployment.DEPLOYMENT_FAILED,
     ServedModelStateDeployment.DEPLOYMENT_ABORTED,
 )
-
-
-class FakeClock(Clock):
-    """A clock for tests: ``sleep`` advances ``time`` instantly (like databricks-sdk's).
-
-    ``sleeps`` records every requested sleep, so a test can check the poll cadence.
-    """
-
-    def __init__(self, start: float = 1_700_000_000.0) -> None:
-        self.now = float(start)
-        self.sleeps: list[float] = []
-
-    def time(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-
-# --------------------------------------------------------------------------- names
-
-
-def check_endpoint_name(name: Any) -> str:
-    """Return ``name`` if Databricks accepts it as a serving endpoint name, else raise."""
-    rule = (
-        f"letters, digits, '-' and '_', starting with a letter or digit, at most "
-        f"{ENDPOINT_NAME_MAX_LENGTH} characters"
-    )
-    if not isinstance(name, str) or not name:
-        raise EndpointConfigError(f"endpoint name={name!r} is empty or not a string: use {rule}.")
-    if len(name) > ENDPOINT_NAME_MAX_LENGTH:
-        raise EndpointConfigError(
-            f"endpoint name={name!r} is {len(name)} characters long: use {rule} (e.g. "
-            f"{name[:ENDPOINT_NAME_MAX_LENGTH]!r})."
-        )
-    if not _ENDPOINT_NAME.fullmatch(name):
-        suggestion = re.sub(r"[^A-Za-z0-9_-]+", "-", name).strip("-_")[:ENDPOINT_NAME_MAX_LENGTH]
-        hint = f" (e.g. {suggestion!r})" if suggestion else ""
-        raise EndpointConfigError(f"endpoint name={name!r} is not valid: use {rule}{hint}.")
-    return name
-
-
-def _check_served_entity_name(name: Any, what: str) -> str:
-    if not isinstance(name, str) or not _SERVED_ENTITY_NAME.fullmatch(name):
-        raise EndpointConfigError(
-            f"{what}={name!r} is not valid: a served entity name consists of letters, "
-            "digits, '-' and '_'."
-        )
-    return name
-
-
-def _default_served_entity_name(entity_name: str, version: str) -> str:
-    """``<model>-<version>`` from the last level of the registered name, sanitized.
-
-    Sent explicitly rather than left to the server so that traffic routes and the
-    "already serving this config" check know the name in advance.
-    """
-    base = re.sub(r"[^A-Za-z0-9_-]+", "-", entity_name.rsplit(".", 1)[-1]).strip("-")
-    return f"{base or 'model'}-{version}"
 
 
 # ------------------------------------------------------------------------- gateway
@@ -307,9 +245,9 @@ class ServedEntitySpec:
             object.__setattr__(
                 self,
                 "name",
-                _default_served_entity_name(self.entity_name, str(self.entity_version)),
+                default_served_entity_name(self.entity_name, str(self.entity_version)),
             )
-        _check_served_entity_name(self.name, "served entity name")
+        check_served_entity_name(self.name)
 
     def to_sdk(self) -> ServedEntityInput:
         return ServedEntityInput(
@@ -599,7 +537,7 @@ def wait_until_ready(
     Raises ``EndpointError`` with the endpoint's deployment messages on
     ``UPDATE_FAILED``/``UPDATE_CANCELED`` (or a served entity that failed for good), and
     ``EndpointTimeoutError`` naming the last state after ``timeout`` (seconds or
-    ``timedelta``). ``clock`` is any ``databricks.sdk.clock.Clock`` (``FakeClock`` in tests).
+    ``timedelta``). ``clock`` is any ``ptdeploy.clock.Clock`` (a fake in tests).
     ``progress``: ``True`` draws a bar, ``False`` nothing, and a callable is called with
     each polled endpoint, as the SDK's waiters call ``callback`` (``ptdeploy.progress``).
     """

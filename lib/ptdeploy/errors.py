@@ -1,10 +1,21 @@
 """Errors ptdeploy raises on purpose.
 
 Every one of them carries a message that names the field or object at fault, what was
-given and what would be valid, so a notebook cell or a job run log is enough to fix it.
+given and what would be valid, so a notebook cell or a job run log is enough to fix it. This is the one home of every
+exception class ptdeploy defines, the local workspace's included. Standard library only:
+the offline ``dbutils`` loads it by path in a kernel where ptdeploy is not installed yet.
 """
 
 from __future__ import annotations
+
+
+def not_valid(field: str, value: object, expected: str) -> str:
+    """The one grammar of a refused value: ``field=value is not valid: expected ...``.
+
+    ``expected`` says what would be valid (and, where it helps, an example); the client
+    and the local workspace word every refused field this way.
+    """
+    return f"{field}={value!r} is not valid: expected {expected}."
 
 
 class PtdeployError(Exception):
@@ -67,6 +78,42 @@ class WorkspaceError(PtdeployError):
     """The local workspace server cannot be started, reached or stopped."""
 
 
+class StoreError(WorkspaceError):
+    """The local workspace refuses to write an endpoint file (an unsafe name)."""
+
+
+class WorkerError(WorkspaceError):
+    """A local worker could not serve a request (not a problem with the request)."""
+
+
+class WorkerNotReadyError(WorkerError):
+    """The local worker is loading, failed or stopped."""
+
+
+class ModelLoadError(WorkspaceError):
+    """A registered model version cannot be loaded for serving by the local workspace."""
+
+
+class InvalidRequestError(PtdeployError, ValueError):
+    """A request the local engine refuses (answered with HTTP 400 by the server).
+
+    ``field`` is the path of the offending field (``messages[1].role``) or ``body``;
+    ``error_code`` is Databricks': ``BAD_REQUEST`` for an unknown field or a body that
+    is not a JSON object, ``INVALID_PARAMETER_VALUE`` for a value out of range.
+    """
+
+    def __init__(
+        self, field: str, message: str, error_code: str = "INVALID_PARAMETER_VALUE"
+    ) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+        self.error_code = error_code
+
+    def __reduce__(self) -> tuple[object, ...]:  # crosses the worker's process boundary
+        return (InvalidRequestError, (self.field, self.message, self.error_code))
+
+
 class WorkspaceApiError(WorkspaceError):
     """A request the local workspace answers with an error, in Databricks' shape.
 
@@ -87,6 +134,10 @@ class WorkspaceApiError(WorkspaceError):
 
 class LabError(PtdeployError):
     """JupyterLab (``ptdeploy lab``) cannot be started or stopped."""
+
+
+class InputWidgetNotDefined(PtdeployError, LookupError):
+    """``dbutils.widgets.get`` of a widget nobody created (the Databricks runtime's name)."""
 
 
 class TaskValueError(PtdeployError, LookupError):

@@ -50,24 +50,28 @@ from ptdeploy.errors import (
     PtdeployError,
     ThroughputError,
 )
-from ptdeploy.notebook import emit_summary, get_task_value, set_task_values
+from ptdeploy.notebook import (
+    ALL_STEPS,
+    DEPLOY_TASK,
+    JOB_TASKS,
+    PROMOTE_TASK,
+    REGISTER_TASK,
+    SMOKE_TEST_TASK,
+    emit_summary,
+    get_task_value,
+    set_task_values,
+)
 from ptdeploy.parameters import ParameterSpec, Params
-from ptdeploy.specs import JOB_STEPS
 
 if TYPE_CHECKING:
     from databricks.sdk import WorkspaceClient
     from databricks.sdk.service.serving import ServingEndpointDetailed
 
-# Task keys of the job definitions (resources/*.yml) and the values handed between them.
-REGISTER_TASK = "register"
-DEPLOY_TASK = "deploy"
-STEPS = ("all", *JOB_STEPS)
-
 
 def start(spec: ParameterSpec, namespace: dict[str, Any]) -> Params:
     """Resolve the notebook's parameters and point MLflow at the target."""
     p = parameters.resolve(spec, namespace)
-    if p.get("steps", "all") != "register":  # the run will reach the endpoint
+    if p.get("steps", ALL_STEPS) != REGISTER_TASK:  # the run will reach the endpoint
         targets.warm_up(p.target)
     experiment = targets.configure_mlflow(p.target)
     print(f"target: {p.target} | registry: {targets.registry_uri(p.target)}", end="")
@@ -77,8 +81,8 @@ def start(spec: ParameterSpec, namespace: dict[str, Any]) -> Params:
 
 def runs(p: Params, step: str) -> bool:
     """Whether this run includes ``step`` (``steps`` = all, or one job task)."""
-    if step not in STEPS[1:]:
-        raise ParameterError(f"unknown step {step!r}; steps are {', '.join(STEPS[1:])}")
+    if step not in JOB_TASKS:
+        raise ParameterError(f"unknown step {step!r}; steps are {', '.join(JOB_TASKS)}")
     selected = p.get("steps", "all")
     return selected == "all" or selected == step
 
@@ -408,7 +412,7 @@ def deploy_step(
     p: Params, w: WorkspaceClient, registered: registry.RegisteredVersion, **spec_kwargs: Any
 ) -> Deployment | None:
     """The deploy step: create or update the endpoint and wait (None when skipped)."""
-    if not runs(p, "deploy"):
+    if not runs(p, DEPLOY_TASK):
         return None
     deployment = deploy(p, w, registered, **spec_kwargs)
     print("serving versions:", deployment.served_versions)
@@ -418,10 +422,10 @@ def deploy_step(
 def smoke_test_step(
     p: Params, w: WorkspaceClient, registered: Any, ask: Callable[[], Any]
 ) -> Any | None:
-    """The smoke-test step: ``ask()`` the endpoint inside ``smoke_test_guard`` (a failure
-    rolls the endpoint back; the champion alias moves only in the promote step) and print
-    the answer's ``report()``. None when skipped."""
-    if not runs(p, "smoke_test"):
+    """The smoke-test step: ``ask()`` the endpoint inside ``promotion`` (the champion alias
+    moves only when it passes; a failure rolls the endpoint back) and print the answer's
+    ``report()``. None when skipped."""
+    if not runs(p, SMOKE_TEST_TASK):
         return None
     with smoke_test_guard(p, w, registered):
         answer = ask()
@@ -432,7 +436,7 @@ def smoke_test_step(
 def promote_step(p: Params, w: WorkspaceClient, registered: Any) -> None:
     """The promote step: all traffic to the smoke-tested version, then the champion alias
     (``promote``)."""
-    if runs(p, "promote"):
+    if runs(p, PROMOTE_TASK):
         promote(p, w, registered)
 
 
@@ -443,7 +447,7 @@ def gateway_records_step(p: Params, w: WorkspaceClient) -> dict[str, Any]:
     from ptdeploy import inference_tables
 
     frames: dict[str, Any] = {}
-    if not runs(p, "promote") and not runs(p, "smoke_test"):
+    if not runs(p, PROMOTE_TASK) and not runs(p, SMOKE_TEST_TASK):
         return frames
     if not p.get("usage_tracking") and not p.get("inference_table_catalog"):
         print("usage tracking and the inference table are off (see the gateway parameters)")

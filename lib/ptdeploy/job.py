@@ -27,10 +27,8 @@ With ``--target local`` the job parameters take their values from
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
-import sys
 import warnings
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -45,7 +43,7 @@ from ptdeploy.dbutils import (
     secret_reference,
     write_ipython_startup,
 )
-from ptdeploy.errors import JobDefinitionError, PtdeployError
+from ptdeploy.errors import JobDefinitionError
 from ptdeploy.specs import spec_for
 
 # Run-if conditions and what a task becomes when its condition is not met.
@@ -358,56 +356,3 @@ def rehearse_job(
 def task_params_of(task: dict[str, Any]) -> dict[str, str]:
     base = (task.get("notebook_task") or {}).get("base_parameters") or {}
     return {str(k): str(v) for k, v in base.items()}
-
-
-# ------------------------------------------------------------------ command line
-
-
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="job_command", required=True, metavar="ACTION")
-    run = sub.add_parser("run", help="rehearse a bundle job offline, task by task")
-    run.add_argument("template", help="job (template) name, e.g. llama_completions")
-    run.add_argument(
-        "--target", default="local", help="parameters/<template>/<target>.yaml (local)"
-    )
-    run.add_argument(
-        "-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"),
-        help="override a job parameter (as `databricks bundle run --params`)",
-    )  # fmt: skip
-    run.add_argument(
-        "--var", action="append", metavar="NAME=VALUE", help="bundle variable (as the CLI's)"
-    )
-    run.add_argument("--out", default="out", help="folder for the run (out/jobs/...)")
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.target == "databricks":
-        print(
-            "error: a job runs on Databricks with the Databricks CLI: `databricks bundle deploy "
-            f"&& databricks bundle run {args.template}`; `ptdeploy job run` rehearses it "
-            "offline (--target local).",
-            file=sys.stderr,
-        )
-        return 2
-    try:
-        variables = {}
-        for item in args.var or []:
-            if "=" not in item:
-                raise JobDefinitionError(f"--var {item!r}: expected NAME=VALUE")
-            name, value = item.split("=", 1)
-            variables[name] = value
-        result = rehearse_job(
-            args.template,
-            target=args.target,
-            overrides={n: v for n, v in args.parameter or []},
-            variables=variables,
-            out_dir=args.out,
-        )
-    except PtdeployError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(result.table())
-    for t in result.tasks:
-        if t.status == FAILED:
-            print(f"{t.task_key} failed in {t.detail} (output kept: {t.output})", file=sys.stderr)
-    return 0 if result.ok else 1

@@ -31,7 +31,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ptdeploy.clock import Clock, MonotonicClock
 from ptdeploy.errors import LabError
+
+# Every wait here (a process starting, stopping) reads and sleeps on this clock.
+CLOCK: Clock = MonotonicClock()
 
 HOST = "127.0.0.1"
 KERNEL_NAME = "python3"  # the kernelspec scripts/setup.sh installs inside the venv
@@ -235,8 +239,8 @@ def _tail(path: Path, lines: int = 20) -> str:
 
 
 def _wait_ready(server: LabServer, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    deadline = CLOCK.time() + timeout
+    while CLOCK.time() < deadline:
         if not server.alive():
             raise LabError(
                 f"JupyterLab exited with code {server.process.returncode} before it was ready "
@@ -246,7 +250,7 @@ def _wait_ready(server: LabServer, timeout: float) -> None:
         with contextlib.suppress(OSError, urllib.error.URLError):
             if _request(server, "GET", "/api/status") == 200:
                 return
-        time.sleep(0.2)
+        CLOCK.sleep(0.2)
     raise LabError(
         f"JupyterLab did not answer on {server.base_url} within {timeout:.0f}s; its log, "
         f"{server.log_file}:\n" + _tail(server.log_file)
@@ -316,7 +320,7 @@ def serve(
     previous = {sig: signal.signal(sig, interrupted) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         while server.alive():
-            time.sleep(0.5)
+            CLOCK.sleep(0.5)
         code = server.process.returncode or 0
         print(f"JupyterLab exited (code {code}).", file=out, flush=True)
     except KeyboardInterrupt:

@@ -55,7 +55,6 @@ Design choices:
 
 from __future__ import annotations
 
-import argparse
 import collections
 import csv
 import enum
@@ -63,7 +62,6 @@ import json
 import math
 import numbers
 import os
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -73,7 +71,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ptdeploy.errors import EndpointError, ParameterError, PtdeployError
+from ptdeploy.clock import Clock, MonotonicClock
+from ptdeploy.errors import EndpointError, ParameterError
+from ptdeploy.llm_tasks import TASK_CHAT, TASK_COMPLETIONS, TASK_EMBEDDINGS
 from ptdeploy.progress import Progress
 
 if TYPE_CHECKING:
@@ -89,11 +89,9 @@ __all__ = [
     "Sample",
     "Task",
     "build_payload",
-    "configure_parser",
     "detect_task",
     "parse_task",
     "percentile",
-    "run",
     "run_load_test",
 ]
 
@@ -117,9 +115,9 @@ _SDK_DEFAULT_POOL = 20
 class Task(enum.StrEnum):
     """The three serving tasks of provisioned-throughput LLM endpoints."""
 
-    COMPLETIONS = "llm/v1/completions"
-    CHAT = "llm/v1/chat"
-    EMBEDDINGS = "llm/v1/embeddings"
+    COMPLETIONS = TASK_COMPLETIONS
+    CHAT = TASK_CHAT
+    EMBEDDINGS = TASK_EMBEDDINGS
 
     @property
     def short(self) -> str:
@@ -150,6 +148,12 @@ def detect_task(w: Any, endpoint: str) -> Task:
             f"endpoint {endpoint!r}: cannot read it to detect its task "
             f"({type(err).__name__}: {err}). Check the name and credentials, or pass task=."
         ) from err
+    return endpoint_task(ep, endpoint)
+
+
+def endpoint_task(ep: Any, endpoint: str) -> Task:
+    """The task an endpoint description (``ServingEndpointDetailed``) reports: its ``task``,
+    else a served entity's external-model task; ParameterError when neither says."""
     found: list[str] = []
     if getattr(ep, "task", None):
         found.append(ep.task)
@@ -210,7 +214,7 @@ class Payload:
         return kwargs
 
 
-def _int_param(name: str, value: Any, low: int, high: int | None = None) -> int:
+def int_param(name: str, value: Any, low: int, high: int | None = None) -> int:
     ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
     if not ok or value < low or (high is not None and value > high):
         rng = f"between {low} and {high}" if high is not None else f">= {low}"
@@ -218,7 +222,7 @@ def _int_param(name: str, value: Any, low: int, high: int | None = None) -> int:
     return int(value)
 
 
-def _float_param(
+def float_param(
     name: str, value: Any, low: float, high: float | None = None, *, strict: bool = False
 ) -> float:
     ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
@@ -252,7 +256,7 @@ def build_payload(
         raise ParameterError(f"prompt: got {prompt!r}; expected a non-empty string.")
     text = prompt or DEFAULT_PROMPT
     if temperature is not None:
-        temperature = _float_param("temperature", temperature, 0.0, 2.0)
+        temperature = float_param("temperature", temperature, 0.0, 2.0)
     if task is Task.EMBEDDINGS:
         for name, value in (
             ("max_tokens", max_tokens),
@@ -274,7 +278,7 @@ def build_payload(
         raise ParameterError(
             f"inputs: got {inputs!r}, but only embeddings take input; use prompt= or messages=."
         )
-    tokens = _int_param("max_tokens", DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens, 1)
+    tokens = int_param("max_tokens", DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens, 1)
     if task is Task.CHAT:
         msgs = list(messages) if messages is not None else [{"role": "user", "content": text}]
         valid = bool(msgs) and all(
@@ -656,7 +660,7 @@ def _load_test_client(w: Any, max_concurrency: int) -> Any:
     return WorkspaceClient(config=cfg)
 
 
-def _check_concurrency(concurrency: Any) -> tuple[int, ...]:
+def check_concurrency(concurrency: Any) -> tuple[int, ...]:
     if isinstance(concurrency, numbers.Integral) and not isinstance(concurrency, bool):
         concurrency = (concurrency,)
     if isinstance(concurrency, (str, bytes)) or not isinstance(concurrency, Iterable):
@@ -670,7 +674,7 @@ def _check_concurrency(concurrency: Any) -> tuple[int, ...]:
             "concurrency: got an empty list; expected at least one level, e.g. (1, 2, 4, 8)."
         )
     for level in levels:
-        _int_param("concurrency", level, 1, MAX_CONCURRENCY)
+        int_param("concurrency", level, 1, MAX_CONCURRENCY)
     if len(set(levels)) != len(levels):
         raise ParameterError(f"concurrency: got {list(levels)!r}; expected each level once.")
     return tuple(int(level) for level in levels)
@@ -690,7 +694,7 @@ def run_load_test(
     messages: Sequence[dict[str, str]] | None = None,
     inputs: Sequence[str] | None = None,
     out_dir: str | os.PathLike[str] | None = None,
-    clock: Callable[[], float] = time.monotonic,
+    clock: Clock | None = None,
     progress: Progress = True,
     retry_throttled: bool = False,
     stream: bool = False,
@@ -700,8 +704,8 @@ def run_load_test(
     ``w`` is a ``WorkspaceClient`` (``ptdeploy.targets.workspace_client(target)``).
     ``task=None`` asks the endpoint (:func:`detect_task`). Payload arguments as in
     :func:`build_payload`. With ``out_dir`` the raw samples and the table are saved there
-    (:meth:`LoadTestResult.save`). ``clock`` (seconds, monotonic) times the requests and
-    the duration cap; tests inject a fake one. ``retry_throttled=True`` keeps the SDK's
+    (:meth:`LoadTestResult.save`). ``clock`` (a ``ptdeploy.clock.Clock``, monotonic by default) times the
+    requests and the duration cap; tests inject a fake one. ``retry_throttled=True`` keeps the SDK's
     own retries of 429/503 (latency then includes the waits). ``progress``: a bar per
     level (``True``), none, or a callable called with each :class:`Sample` as it lands
     (``ptdeploy.progress``). ``stream=True`` (completions and chat) sends ``stream: true``
@@ -716,9 +720,9 @@ def run_load_test(
         raise ParameterError(
             f"endpoint: got {endpoint!r}; expected the name of a serving endpoint."
         )
-    levels = _check_concurrency(concurrency)
-    count_cap = _int_param("requests_per_level", requests_per_level, 1, MAX_REQUESTS_PER_LEVEL)
-    time_cap = _float_param("max_seconds_per_level", max_seconds_per_level, 0.0, strict=True)
+    levels = check_concurrency(concurrency)
+    count_cap = int_param("requests_per_level", requests_per_level, 1, MAX_REQUESTS_PER_LEVEL)
+    time_cap = float_param("max_seconds_per_level", max_seconds_per_level, 0.0, strict=True)
     resolved = parse_task(task) if task is not None else None
     # Validate the payload before touching the endpoint (with the detected task below).
     payload_args = dict(
@@ -739,6 +743,7 @@ def run_load_test(
             "completions and chat endpoints."
         )
 
+    clock = clock or MonotonicClock()
     client = w if retry_throttled else _load_test_client(w, max(levels))
     query_kwargs = payload.query_kwargs()
     send = _streamed_sender(payload) if stream else None
@@ -774,7 +779,7 @@ def _run_level(
     concurrency: int,
     count_cap: int,
     time_cap: float,
-    clock: Callable[[], float],
+    clock: Clock,
     progress: Progress,
     send: Callable[[Any, str, Callable[[], float]], tuple[Any, float | None, float | None]]
     | None = None,
@@ -794,14 +799,14 @@ def _run_level(
         unit="req",
         disable=not progress or callable(progress),  # a callback: the caller draws
     )
-    start = clock()
+    start = clock.time()
 
     def next_ticket() -> int | None:
         nonlocal issued, stop_reason
         with lock:
             if issued >= count_cap:
                 return None
-            if clock() - start >= time_cap:
+            if clock.time() - start >= time_cap:
                 stop_reason = "duration"
                 return None
             issued += 1
@@ -809,7 +814,7 @@ def _run_level(
 
     def worker() -> None:
         while (index := next_ticket()) is not None:
-            t0 = clock()
+            t0 = clock.time()
             first = gap = None
             try:
                 if send is None:
@@ -817,7 +822,7 @@ def _run_level(
                 else:
                     response, first, gap = send(client, endpoint, clock)
             except Exception as err:  # recorded, never raised: a load test counts failures
-                t1 = clock()
+                t1 = clock.time()
                 kind, message, status = _describe_error(err)
                 sample = Sample(
                     concurrency,
@@ -830,7 +835,7 @@ def _run_level(
                     status_code=status,
                 )
             else:
-                t1 = clock()
+                t1 = clock.time()
                 tokens_in, tokens_out, tokens_total = _usage(response)
                 sample = Sample(
                     concurrency,
@@ -859,7 +864,7 @@ def _run_level(
                 future.result()
     finally:
         bar.close()
-    duration = clock() - start
+    duration = clock.time() - start
     samples.sort(key=lambda s: s.index)
     return samples, duration, stop_reason
 
@@ -877,13 +882,11 @@ def _streamed_sender(
     body = payload.body()
     chat = payload.task is Task.CHAT
 
-    def send(
-        client: Any, endpoint: str, clock: Callable[[], float]
-    ) -> tuple[Any, float | None, float | None]:
+    def send(client: Any, endpoint: str, clock: Clock) -> tuple[Any, float | None, float | None]:
         times: list[float] = []
         usage = None
         for chunk in stream_chunks(client, endpoint, body):
-            now = clock()
+            now = clock.time()
             usage = chunk.get("usage") or usage
             for choice in chunk.get("choices") or []:
                 text = (choice.get("delta") or {}).get("content") if chat else choice.get("text")
@@ -895,183 +898,3 @@ def _streamed_sender(
         return {"usage": usage}, first, gap
 
     return send
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-def _concurrency_arg(text: str) -> tuple[int, ...]:
-    try:
-        return _check_concurrency(tuple(int(p) for p in text.split(",")))
-    except (ValueError, ParameterError):
-        raise argparse.ArgumentTypeError(
-            f"got {text!r}; expected distinct whole numbers between 1 and {MAX_CONCURRENCY}, "
-            "comma-separated, e.g. 1,2,4,8"
-        ) from None
-
-
-def int_arg(low: int, high: int | None = None) -> Callable[[str], int]:
-    """An argparse ``type``: a whole number in range, or a message saying what is valid."""
-
-    def parse(text: str) -> int:
-        try:
-            return _int_param("value", int(text), low, high)
-        except (ValueError, ParameterError):
-            rng = f"between {low} and {high}" if high is not None else f">= {low}"
-            raise argparse.ArgumentTypeError(
-                f"got {text!r}; expected a whole number {rng}"
-            ) from None
-
-    return parse
-
-
-def float_arg(
-    low: float, high: float | None = None, *, strict: bool = False
-) -> Callable[[str], float]:
-    """An argparse ``type``: a finite number in range (``strict``: above ``low``)."""
-
-    def parse(text: str) -> float:
-        try:
-            return _float_param("value", float(text), low, high, strict=strict)
-        except (ValueError, ParameterError):
-            lo = f"> {low:g}" if strict else f">= {low:g}"
-            rng = f"{lo} and <= {high:g}" if high is not None else lo
-            raise argparse.ArgumentTypeError(f"got {text!r}; expected a number {rng}") from None
-
-    return parse
-
-
-def _task_arg(text: str) -> Task:
-    try:
-        return parse_task(text)
-    except ParameterError:
-        raise argparse.ArgumentTypeError(
-            f"got {text!r}; expected completions, chat, embeddings (or llm/v1/<task>)"
-        ) from None
-
-
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``ptdeploy loadtest``."""
-    parser.add_argument("endpoint", metavar="ENDPOINT", help="serving endpoint name")
-    parser.add_argument(
-        "--concurrency",
-        type=_concurrency_arg,
-        default=DEFAULT_CONCURRENCY,
-        help="comma-separated concurrency levels (default: 1,2,4,8)",
-    )
-    parser.add_argument(
-        "--requests-per-level",
-        type=int_arg(1, MAX_REQUESTS_PER_LEVEL),
-        default=DEFAULT_REQUESTS_PER_LEVEL,
-        help=f"at most this many requests per level (default: {DEFAULT_REQUESTS_PER_LEVEL})",
-    )
-    parser.add_argument(
-        "--max-seconds-per-level",
-        type=float_arg(0.0, strict=True),
-        default=DEFAULT_MAX_SECONDS_PER_LEVEL,
-        help="no new request after this many seconds in a level "
-        f"(default: {DEFAULT_MAX_SECONDS_PER_LEVEL:g})",
-    )
-    parser.add_argument(
-        "--task",
-        type=_task_arg,
-        default=None,
-        help="completions, chat or embeddings (default: detected from the endpoint)",
-    )
-    parser.add_argument(
-        "--prompt",
-        default=None,
-        help="prompt, chat user message or text to embed (default: a short question)",
-    )
-    parser.add_argument(
-        "--max-tokens",
-        type=int_arg(1),
-        default=None,
-        help=f"max_tokens for completions/chat (default: {DEFAULT_MAX_TOKENS})",
-    )
-    parser.add_argument(
-        "--temperature",
-        type=float_arg(0.0, 2.0),
-        default=None,
-        help="temperature for completions/chat (default: the endpoint's)",
-    )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=None,
-        help="output directory (default: ./loadtest/<endpoint>-<UTC time>)",
-    )
-    parser.add_argument(
-        "--target",
-        choices=["local", "databricks"],
-        default="local",
-        help="local workspace or Databricks (default: local)",
-    )
-    parser.add_argument(
-        "--profile",
-        default=None,
-        help="~/.databrickscfg profile for --target databricks "
-        "(default: the SDK's unified auth: env vars, DEFAULT profile)",
-    )
-    parser.add_argument(
-        "--retry-throttled",
-        action="store_true",
-        help="let the SDK retry 429/503 (default: record them as errors)",
-    )
-    parser.add_argument(
-        "--stream",
-        action="store_true",
-        help="stream completions/chat and record time to first token and inter-token latency",
-    )
-    parser.add_argument("--no-plots", action="store_true", help="do not write the PNG plots")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-
-
-def run(args: argparse.Namespace, *, client: Any = None) -> int:
-    """``ptdeploy loadtest``: 0 when some request succeeded, 1 when every one failed,
-    2 for invalid arguments or an endpoint that cannot be used.
-
-    ``client`` replaces the workspace client (tests); by default it comes from
-    ``ptdeploy.targets.workspace_client(args.target, profile=args.profile)``.
-    """
-    out = args.out or Path("loadtest") / f"{args.endpoint}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
-    try:
-        from ptdeploy import targets
-
-        targets.check_profile(args.target, args.profile)
-        if client is None:
-            client = targets.workspace_client(args.target, profile=args.profile)
-        result = run_load_test(
-            client,
-            args.endpoint,
-            task=args.task,
-            concurrency=args.concurrency,
-            requests_per_level=args.requests_per_level,
-            max_seconds_per_level=args.max_seconds_per_level,
-            prompt=args.prompt,
-            max_tokens=args.max_tokens,
-            temperature=args.temperature,
-            out_dir=out,
-            progress=not args.no_progress,
-            retry_throttled=args.retry_throttled,
-            stream=args.stream,
-        )
-    except PtdeployError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-
-    print(f"{result.endpoint} ({result.task.short}): {result.total_requests} requests")
-    print(result.to_text())
-    if not args.no_plots:
-        import matplotlib
-
-        matplotlib.use("Agg")  # a command line never opens windows
-        from ptdeploy import plots
-
-        plots.save_figures(result, out)
-    print(f"results written to {out}")
-    if result.all_failed:
-        kinds = "; ".join(f"{n} x {kind}" for kind, n in result.errors_by_kind().items())
-        print(f"error: every request failed: {kinds or 'no request was sent'}", file=sys.stderr)
-        return 1
-    return 0

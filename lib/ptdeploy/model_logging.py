@@ -18,14 +18,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from ptdeploy.errors import ModelLoggingError
+from ptdeploy.llm_tasks import (
+    EMBEDDING_MODEL_TYPES,
+    TASK_CHAT,
+    TASK_COMPLETIONS,
+    TASK_EMBEDDINGS,
+    TASKS,
+)
 from ptdeploy.models import OFFLINE_LICENSES, LoadedModel
-
-TASK_COMPLETIONS = "llm/v1/completions"
-TASK_CHAT = "llm/v1/chat"
-TASK_EMBEDDINGS = "llm/v1/embeddings"
-TASKS = (TASK_COMPLETIONS, TASK_CHAT, TASK_EMBEDDINGS)
-# model_type values Databricks recognises for provisioned-throughput embedding models.
-EMBEDDING_MODEL_TYPES = ("gte-large", "gte-base", "bge-large", "bge-base")
 
 _EXAMPLE_PROMPT = (
     "Below is an instruction that describes a task. Write a response that appropriately "

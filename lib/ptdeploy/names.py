@@ -1,4 +1,6 @@
-"""Names Databricks checks: Unity Catalog three-level model names and aliases.
+"""Names Databricks checks: serving endpoint and served entity names, Unity Catalog
+three-level model names and aliases. The one home of each rule: the client checks a name
+before calling a workspace and the local workspace refuses it with the same words.
 
 Unity Catalog object names may not contain a period, a space, a forward slash, ASCII
 control characters or DEL, and are at most 255 characters; UC stores them in lower case,
@@ -9,11 +11,57 @@ the lower-case suggestion instead of renaming silently.
 from __future__ import annotations
 
 import re
+from typing import Any
 
-from ptdeploy.errors import ParameterError
+from ptdeploy.errors import EndpointConfigError, ParameterError, not_valid
+from ptdeploy.limits import (
+    ENDPOINT_NAME_MAX_LENGTH,
+    ENDPOINT_NAME_PATTERN,
+    SERVED_ENTITY_NAME_PATTERN,
+)
 
 _UC_PART_FORBIDDEN = re.compile(r"[.\s/\x00-\x1f\x7f]")
 _ALIAS = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
+
+
+def check_endpoint_name(name: Any, field: str = "endpoint name") -> str:
+    """``name`` if Databricks accepts it as a serving endpoint name, else EndpointConfigError.
+
+    "An endpoint name can consist of alphanumeric characters, dashes, and underscores"
+    (CreateServingEndpoint.name, https://docs.databricks.com/api/workspace/servingendpoints/create);
+    the length and the first character are ptdeploy's rule (``limits.ENDPOINT_NAME_PATTERN``).
+    """
+    if isinstance(name, str) and ENDPOINT_NAME_PATTERN.fullmatch(name):
+        return name
+    expected = (
+        f"1 to {ENDPOINT_NAME_MAX_LENGTH} letters, digits, '-' and '_', starting with a "
+        "letter or digit"
+    )
+    if isinstance(name, str):
+        suggestion = re.sub(r"[^A-Za-z0-9_-]+", "-", name).strip("-_")[:ENDPOINT_NAME_MAX_LENGTH]
+        expected += f" (e.g. {suggestion or 'llama-completions'!r})"
+    raise EndpointConfigError(not_valid(field, name, expected))
+
+
+def check_served_entity_name(name: Any, field: str = "served entity name") -> str:
+    """``name`` if it is a valid served entity name (letters, digits, '-' and '_')."""
+    if isinstance(name, str) and SERVED_ENTITY_NAME_PATTERN.fullmatch(name):
+        return name
+    raise EndpointConfigError(
+        not_valid(field, name, "1 to 63 letters, digits, '-' and '_' (a served entity name)")
+    )
+
+
+def default_served_entity_name(entity_name: str, version: str) -> str:
+    """Databricks' default served entity name: ``<model>-<version>`` from the last level
+    of the registered name, sanitized (``system.ai.meta_llama_v3_1_8b_instruct`` version 3
+    is served as ``meta_llama_v3_1_8b_instruct-3``).
+
+    The client sends it explicitly, so traffic routes and the "already serving this
+    config" check know the name in advance; the local workspace gives it when omitted.
+    """
+    base = re.sub(r"[^A-Za-z0-9_-]+", "-", entity_name.rsplit(".", 1)[-1]).strip("-")
+    return f"{base or 'model'}-{version}"
 
 
 def check_uc_part(value: str, what: str) -> str:

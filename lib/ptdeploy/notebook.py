@@ -1,5 +1,7 @@
 """Helpers for the last cells of a template: a summary that runners and jobs can read.
 
+Also the one home of the job steps (``register``, ``deploy``, ``smoke_test``, ``promote``).
+
 ``emit_summary`` displays the summary for the reader and attaches it to the cell output
 under a dedicated MIME type, which ``ptdeploy run`` reads back from the executed
 notebook (no scraping of printed text). On Databricks it also sets job task values so
@@ -14,6 +16,17 @@ from typing import Any
 from ptdeploy.parameters import databricks_dbutils
 
 SUMMARY_MIME = "application/vnd.ptdeploy.summary+json"
+
+# The job steps: the task keys of the job definitions (resources/*.job.yml), in order, and
+# the values of a template's ``steps`` parameter (``all`` runs them in one go). The one
+# home of these names: specs, the bundle generator, the catalog and flow import them.
+REGISTER_TASK = "register"
+DEPLOY_TASK = "deploy"
+SMOKE_TEST_TASK = "smoke_test"
+PROMOTE_TASK = "promote"  # all traffic and the champion alias to the new version
+JOB_TASKS = (REGISTER_TASK, DEPLOY_TASK, SMOKE_TEST_TASK, PROMOTE_TASK)
+ALL_STEPS = "all"
+STEPS = (ALL_STEPS, *JOB_TASKS)
 
 
 def emit_summary(summary: dict[str, Any], namespace: dict[str, Any] | None = None) -> None:

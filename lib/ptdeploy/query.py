@@ -35,9 +35,9 @@ from typing import TYPE_CHECKING, Any
 from databricks.sdk.errors import BadRequest, NotFound
 from databricks.sdk.service.serving import ChatMessage
 
-from ptdeploy.endpoints import check_endpoint_name
 from ptdeploy.errors import EndpointNotFoundError, PtdeployError, QueryError
 from ptdeploy.limits import MAX_N, MAX_TOP_LOGPROBS
+from ptdeploy.names import check_endpoint_name
 
 if TYPE_CHECKING:
     import numpy as np

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from ptdeploy import query
 from ptdeploy.errors import QueryError
-from ptdeploy.model_logging import TASK_CHAT
+from ptdeploy.llm_tasks import TASK_CHAT
 from ptdeploy.query import THINK_OPEN
 
 if TYPE_CHECKING:
@@ -173,7 +173,7 @@ def register_step(p: Any) -> RegisteredVersion:
     this step: the version the register task handed over."""
     from ptdeploy import flow
 
-    if not flow.runs(p, "register"):
+    if not flow.runs(p, flow.REGISTER_TASK):
         return flow.registered_version(p)
     loaded = flow.load(p)
     registered = flow.log_and_register(p, loaded, task=TASK)

@@ -7,12 +7,14 @@ leaves no half-registered version behind and the alias keeps its previous target
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
+from ptdeploy.clock import Clock, MonotonicClock
 from ptdeploy.errors import RegistryError
 from ptdeploy.names import check_alias
+from ptdeploy.progress import Progress, reporter
 
 DEFAULT_ALIAS = "champion"
 # Registration moves this alias; the champion alias moves only once the endpoint serves
@@ -45,27 +47,34 @@ def wait_until_version_ready(
     *,
     timeout: float = 600.0,
     poll_interval: float = 2.0,
-    sleep: Callable[[float], None] = time.sleep,
-    now: Callable[[], float] = time.monotonic,
+    clock: Clock | None = None,
+    progress: Progress = False,
 ) -> None:
-    """Block until the model version's status is READY; raise on failure or timeout."""
+    """Block until the model version's status is READY; raise on failure or timeout.
+
+    ``progress``: ``False``, ``True`` (a bar) or a callback given each polled status
+    (``ptdeploy.progress``), as the endpoint waits take one.
+    """
+    clock = clock or MonotonicClock()
     client = _client()
-    deadline = now() + timeout
-    while True:
-        mv = client.get_model_version(name, version)
-        status = str(mv.status)
-        if status == "READY":
-            return
-        if status == "FAILED_REGISTRATION":
-            raise RegistryError(
-                f"model version {name} v{version} failed registration: {mv.status_message}"
-            )
-        if now() >= deadline:
-            raise RegistryError(
-                f"model version {name} v{version} still {status} after {timeout:.0f}s; check "
-                "the registry (Catalog Explorer on Databricks) and try again."
-            )
-        sleep(poll_interval)
+    deadline = clock.time() + timeout
+    with reporter(progress, f"waiting for {name} version {version}") as report:
+        while True:
+            mv = client.get_model_version(name, version)
+            status = str(mv.status)
+            report(status)
+            if status == "READY":
+                return
+            if status == "FAILED_REGISTRATION":
+                raise RegistryError(
+                    f"model version {name} v{version} failed registration: {mv.status_message}"
+                )
+            if clock.time() >= deadline:
+                raise RegistryError(
+                    f"model version {name} v{version} still {status} after {timeout:.0f}s; "
+                    "check the registry (Catalog Explorer on Databricks) and try again."
+                )
+            clock.sleep(poll_interval)
 
 
 def register(
@@ -104,6 +113,17 @@ def delete_version(name: str, version: str) -> None:
         pass
 
 
+def version_list(versions: Iterable[Any]) -> str:
+    """Registered versions (MLflow ``ModelVersion`` objects or numbers) as ``"1, 2, 10"``
+    in numeric order, ``"none"`` when empty: the one listing every "no such version"
+    message shows (the client's and the local workspace's)."""
+    numbers = sorted(
+        (str(getattr(v, "version", v)) for v in versions),
+        key=lambda n: int(n) if n.isdigit() else 0,
+    )
+    return ", ".join(numbers) or "none"
+
+
 def latest_version(name: str) -> str:
     """Highest version number of a registered model; a clear error if it does not exist."""
     client = _client()
@@ -131,10 +151,9 @@ def check_version_exists(name: str, version: str) -> str:
     try:
         client.get_model_version(name, str(version))
     except MlflowException as exc:
-        existing = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
+        existing = version_list(client.search_model_versions(f"name='{name}'"))
         raise RegistryError(
-            f"model {name!r} has no version {version!r}; existing versions: "
-            f"{', '.join(map(str, existing)) or 'none'}."
+            f"model {name!r} has no version {version!r}; existing versions: {existing}."
         ) from exc
     return str(version)
 

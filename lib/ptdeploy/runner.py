@@ -8,14 +8,13 @@ cell) and names that cell.
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ptdeploy import targets
 from ptdeploy.errors import PtdeployError
 from ptdeploy.notebook import read_summary
 from ptdeploy.parameters import load_parameters_file
@@ -139,8 +138,6 @@ def workspace_env(
     """Check a real workspace answers (in seconds, before any kernel starts) and return
     what the notebook's kernel needs: the profile and the MLflow experiment (default
     ``/Users/<me>/ptdeploy``). Nothing for the local target."""
-    from ptdeploy import targets
-
     if target != targets.Target.DATABRICKS.value:
         targets.check_profile(target, profile)
         return {}
@@ -213,25 +210,16 @@ def run_all(
         plan.append((nb, params_file, ov))
     if errors:
         raise PtdeployError("\n".join(errors))
-    stop_after = target == "local" and not keep_running and not _local_workspace_running()
+    stop_after = target == "local" and not keep_running and not targets.local_workspace_running()
     try:
         return _run_plan(plan, target, out_dir, progress, profile, experiment)
     finally:
-        if stop_after:
-            from ptdeploy.workspace import control
-
-            if control.stop(quiet=True):
-                print(
-                    "[run-all] stopped the local workspace it started (endpoints kept on "
-                    "disk; --keep-running leaves it up)",
-                    flush=True,
-                )
-
-
-def _local_workspace_running() -> bool:
-    from ptdeploy.workspace import control
-
-    return control.status().running
+        if stop_after and targets.stop_local_workspace():
+            print(
+                "[run-all] stopped the local workspace it started (endpoints kept on "
+                "disk; --keep-running leaves it up)",
+                flush=True,
+            )
 
 
 def _run_plan(
@@ -268,107 +256,3 @@ def format_table(results: list[RunResult]) -> str:
     total = sum(r.seconds for r in results)
     lines.append(f"total {total:.1f}s, {sum(not r.ok for r in results)} failed")
     return "\n".join(lines)
-
-
-# ------------------------------------------------------------------ command line
-
-
-def _overrides(pairs: list[list[str]] | None) -> dict[str, str]:
-    return {name: value for name, value in (pairs or [])}
-
-
-def configure_run_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("notebook", help="path of the .ipynb template")
-    parser.add_argument("-f", "--parameters-file", help="YAML parameters file")
-    parser.add_argument(
-        "-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"), help="override"
-    )
-    parser.add_argument("--out", default="out", help="folder for executed notebooks (out)")
-    parser.add_argument("--kernel", default="python3", help="Jupyter kernel name (python3)")
-    parser.add_argument("--log-output", action="store_true", help="stream cell output")
-    _workspace_options(parser)
-
-
-def _workspace_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--profile", help="~/.databrickscfg profile for target databricks (the SDK's unified auth)"
-    )
-    parser.add_argument(
-        "--experiment",
-        help="MLflow experiment on the workspace (default: /Users/<you>/ptdeploy)",
-    )
-
-
-def run_run(args: argparse.Namespace) -> int:
-    try:
-        result = run_notebook(
-            args.notebook,
-            args.parameters_file,
-            _overrides(args.parameter),
-            out_dir=args.out,
-            kernel_name=args.kernel,
-            log_output=args.log_output,
-            profile=args.profile,
-            experiment=args.experiment,
-        )
-    except PtdeployError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if not result.ok:
-        print(result.describe_failure(), file=sys.stderr)
-        return 1
-    print(f"{result.notebook}: ok in {result.seconds:.1f}s -> {result.output}")
-    for key, value in (result.summary or {}).items():
-        print(f"  {key}: {value}")
-    return 0
-
-
-def configure_run_all_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--target", choices=("local", "databricks"), default="local")
-    parser.add_argument("--out", default="out", help="folder for executed notebooks (out)")
-    parser.add_argument(
-        "-p",
-        "--parameter",
-        nargs=2,
-        action="append",
-        metavar=("NAME", "VALUE"),
-        help="override, applied to every notebook that declares NAME",
-    )
-    parser.add_argument("--only", action="append", help="run only this notebook (repeatable)")
-    parser.add_argument(
-        "--keep-running",
-        action="store_true",
-        help="target local: leave the local workspace (and its endpoints' workers) running",
-    )
-    parser.add_argument(
-        "--notebooks", type=Path, help="folder of the templates (default: the project's notebooks/)"
-    )
-    parser.add_argument(
-        "--parameters-dir",
-        type=Path,
-        help="folder of <notebook>/<target>.yaml files (default: the project's parameters/)",
-    )
-    _workspace_options(parser)
-
-
-def run_run_all(args: argparse.Namespace) -> int:
-    try:
-        results = run_all(
-            args.target,
-            out_dir=args.out,
-            overrides=_overrides(args.parameter),
-            only=args.only,
-            notebooks=args.notebooks,
-            parameters=args.parameters_dir,
-            profile=args.profile,
-            experiment=args.experiment,
-            keep_running=args.keep_running,
-        )
-    except PtdeployError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(format_table(results))
-    for r in results:
-        if not r.ok:
-            print(r.describe_failure(), file=sys.stderr)
-    return 0 if all(r.ok for r in results) else 1

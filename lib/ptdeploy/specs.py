@@ -11,13 +11,10 @@ from typing import Any
 
 from ptdeploy import gateway, names
 from ptdeploy.errors import ParameterError
-from ptdeploy.model_logging import EMBEDDING_MODEL_TYPES, TASKS
+from ptdeploy.llm_tasks import EMBEDDING_MODEL_TYPES, TASKS
+from ptdeploy.notebook import STEPS
 from ptdeploy.parameters import Param, ParameterSpec
 from ptdeploy.targets import Target
-
-# The steps of a deployment template, in order: a Databricks job runs one per task
-# (``bundle``), a notebook run ``all`` of them (``flow.runs``).
-JOB_STEPS = ("register", "deploy", "smoke_test", "promote")
 
 _ENDPOINT_HELP = "letters, digits, '-' and '_', at most 63 characters"
 
@@ -26,10 +23,7 @@ _uc_part = names.uc_part_check
 
 
 def _endpoint_name(value: str) -> None:
-    # the same rule as the SDK-side check (imported lazily: no SDK import to read a spec)
-    from ptdeploy.endpoints import check_endpoint_name
-
-    check_endpoint_name(value)
+    names.check_endpoint_name(value)  # the rule the client and the local workspace share
 
 
 def _alias(value: str) -> None:
@@ -76,7 +70,7 @@ COMMON_SERVING = (
         "steps",
         "choice",
         "Steps to run (a job runs one per task)",
-        choices=("all", *JOB_STEPS),
+        choices=STEPS,
     ),
 )
 

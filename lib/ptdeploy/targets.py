@@ -157,11 +157,11 @@ def local_workspace_running() -> bool:
     return control.status().running
 
 
-def stop_local_workspace() -> None:
-    """Stop the embedded local workspace and its workers (nothing if it is not running)."""
+def stop_local_workspace() -> bool:
+    """Stop the embedded local workspace and its workers; False if it was not running."""
     from ptdeploy.workspace import control
 
-    control.stop(quiet=True)
+    return control.stop(quiet=True)
 
 
 def databricks_client(

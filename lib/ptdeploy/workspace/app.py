@@ -37,7 +37,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from ptdeploy.errors import WorkspaceApiError
+from ptdeploy.errors import ModelVersionNotFoundError, WorkspaceApiError
 from ptdeploy.limits import COLD_START_TIMEOUT_S, MAX_FOUNDATION_MODEL_PAYLOAD_BYTES
 from ptdeploy.workspace import render, streaming
 from ptdeploy.workspace import store as st
@@ -48,7 +48,6 @@ from ptdeploy.workspace.manager import (
     WorkerFactory,
     stop_all,
 )
-from ptdeploy.workspace.optimization_info import ModelVersionNotFound
 from ptdeploy.workspace.protocol import (
     BearerAuth,
     install_error_handlers,
@@ -299,7 +298,7 @@ def create_app(
         name, version = check_model_version_path(model)
         try:
             desc = await run_in_threadpool(catalog.describe, name, version)
-        except ModelVersionNotFound as exc:
+        except ModelVersionNotFoundError as exc:
             raise WorkspaceApiError(404, "RESOURCE_DOES_NOT_EXIST", str(exc)) from exc
         return JSONResponse(desc.response())
 

@@ -17,20 +17,19 @@ process that started it, as on Databricks. Files in ``ptdeploy.state.workspace_d
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import fcntl
 import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ptdeploy import state
+from ptdeploy.clock import Clock, MonotonicClock
 from ptdeploy.errors import WorkspaceError
 from ptdeploy.workspace.files import (
     SERVER_FILE,
@@ -40,6 +39,9 @@ from ptdeploy.workspace.files import (
 )
 from ptdeploy.workspace.files import server_info as _server_info
 from ptdeploy.workspace.files import workspace_dir as _dir
+
+# Every wait here (a process starting, stopping) reads and sleeps on this clock.
+CLOCK: Clock = MonotonicClock()
 
 LOCK_FILE = "control.lock"
 SERVER_MODULE = "ptdeploy.workspace.server"
@@ -192,8 +194,8 @@ def _spawn(port: int | None, timeout: float) -> LocalWorkspace:
             start_new_session=True,  # detached: survives the terminal, own process group
         )
     _children[proc.pid] = proc
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    deadline = CLOCK.time() + timeout
+    while CLOCK.time() < deadline:
         if proc.poll() is not None:
             raise WorkspaceError(
                 f"the local workspace server exited with code {proc.returncode} while starting. "
@@ -206,7 +208,7 @@ def _spawn(port: int | None, timeout: float) -> LocalWorkspace:
             and _probe(int(info["port"]), token, timeout=2.0) is not None
         ):
             return LocalWorkspace(host_for(int(info["port"])), token, proc.pid, int(info["port"]))
-        time.sleep(0.2)
+        CLOCK.sleep(0.2)
     _terminate(proc.pid, detached=True, timeout=10.0)
     raise WorkspaceError(
         f"the local workspace server did not answer within {timeout:.0f}s; it was stopped. "
@@ -218,9 +220,9 @@ def _terminate(pid: int, *, detached: bool, timeout: float) -> None:
     """SIGTERM (graceful: workers are stopped by the server), then SIGKILL."""
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    deadline = CLOCK.time() + timeout
+    while _alive(pid) and CLOCK.time() < deadline:
+        CLOCK.sleep(0.1)
     if _alive(pid):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
@@ -249,7 +251,7 @@ def start(
             f"port={port} is not valid: use 1 to 65535, or leave it out for any free port."
         )
     if foreground:
-        return _serve_foreground(port)
+        return serve_foreground(port)
     with _locked():
         running = _running() or _recover()
         if running is not None:
@@ -262,7 +264,7 @@ def start(
         return _spawn(port, timeout)
 
 
-def _serve_foreground(port: int | None, on_listening: Any = None) -> LocalWorkspace:
+def serve_foreground(port: int | None, on_listening: Any = None) -> LocalWorkspace:
     from ptdeploy.workspace import server
 
     with _locked():
@@ -369,74 +371,3 @@ def status() -> WorkspaceStatus:
         detail="running",
         **base,
     )
-
-
-# ------------------------------------------------------------------------- CLI
-
-
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
-    p = sub.add_parser(
-        "start",
-        help="start the local workspace (prints DATABRICKS_HOST/DATABRICKS_TOKEN for eval)",
-        description="Start the local workspace in the background, or reuse the running one, "
-        "and print `export DATABRICKS_HOST=...` and `export DATABRICKS_TOKEN=...` lines: "
-        "`eval $(ptdeploy workspace start)` points the Databricks SDK, MLflow and the "
-        "Databricks CLI at it.",
-    )
-    p.add_argument(
-        "--port", type=int, default=None, help="port on 127.0.0.1 (default: any free port)"
-    )
-    p.add_argument("--foreground", action="store_true", help="serve in this process until Ctrl-C")
-    sub.add_parser("stop", help="stop the local workspace and its workers")
-    sub.add_parser("status", help="is the local workspace running, where, how many endpoints")
-
-
-def _print_env(ws_host: str, token: str) -> None:
-    print(f"export DATABRICKS_HOST={ws_host}")
-    print(f"export DATABRICKS_TOKEN={token}", flush=True)
-
-
-def run(args: argparse.Namespace) -> int:
-    try:
-        if args.action == "start":
-            if args.foreground:
-
-                def listening(p: int) -> None:
-                    _print_env(host_for(p), read_token())
-                    print(
-                        f"local workspace: serving on {host_for(p)} (Ctrl-C stops it)",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-
-                try:
-                    _serve_foreground(args.port, on_listening=listening)
-                except KeyboardInterrupt:  # Ctrl-C: uvicorn shut down cleanly, then re-raised
-                    pass
-                print("local workspace: stopped", file=sys.stderr)
-                return 0
-            ws = start(args.port)
-            _print_env(ws.host, ws.token)
-            print(
-                f"local workspace: running on {ws.host} (pid {ws.pid}, log {log_path()})",
-                file=sys.stderr,
-            )
-            return 0
-        if args.action == "stop":
-            stop()
-            return 0
-        st = status()
-        print(f"running: {'yes' if st.running else 'no'} ({st.detail})")
-        if st.host:
-            print(f"host: {st.host}")
-        if st.pid:
-            print(f"pid: {st.pid}")
-        if st.endpoints is not None:
-            print(f"endpoints: {st.endpoints}")
-        print(f"state dir: {st.state_dir}")
-        print(f"log: {st.log_file}")
-        return 0 if st.running else 1
-    except WorkspaceError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1

@@ -89,18 +89,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ptdeploy.errors import PtdeployError
+from ptdeploy.errors import InvalidRequestError, ModelLoadError
+from ptdeploy.llm_tasks import TASK_CHAT, TASK_COMPLETIONS, TASK_EMBEDDINGS, TASKS, logged_task
+from ptdeploy.registry import version_list
 from ptdeploy.workspace.schemas import (
     DEFAULT_MAX_TOKENS,
-    TASK_CHAT,
-    TASK_COMPLETIONS,
-    TASK_EMBEDDINGS,
-    TASKS,
     ChatRequest,
     Choice,
     CompletionRequest,
     EmbeddingRequest,
-    InvalidRequestError,
     Request,
     TokenLogprob,
     TopLogprob,
@@ -128,10 +125,6 @@ LINEAR_ROW_CANDIDATES = (4, 8, 16)
 PER_ROW = 0
 # Row counts at which calibrate_prefill_rows checks one prefill pass of several prompts.
 PREFILL_PROBE_SIZES = (24, 33, 64, 127, 256, 512)
-
-
-class ModelLoadError(PtdeployError):
-    """A registered model version cannot be loaded for serving."""
 
 
 # ------------------------------------------------------------------ throughput estimate
@@ -1682,12 +1675,9 @@ def resolve_model_version(
     except MlflowException as exc:
         hint = ""
         try:
-            versions = sorted(
-                (v.version for v in client.search_model_versions(f"name='{model_name}'")),
-                key=lambda v: int(v) if str(v).isdigit() else 0,
-            )
+            versions = client.search_model_versions(f"name='{model_name}'")
             hint = (
-                f" Registered versions of {model_name}: {', '.join(map(str, versions))}."
+                f" Registered versions of {model_name}: {version_list(versions)}."
                 if versions
                 else f" No model named {model_name} is registered there."
             )
@@ -1715,12 +1705,10 @@ def resolve_model_version(
 
 def model_task(mlmodel: Any, what: str = "the model") -> str:
     """The ``llm/v1`` task a logged model serves, from its metadata or flavor."""
-    metadata = mlmodel.metadata or {}
-    flavor = mlmodel.flavors.get("transformers", {})
-    task = metadata.get("task") or flavor.get("inference_task")
+    task = logged_task(mlmodel.metadata, mlmodel.flavors)
     if task in TASKS:
         return task
-    pipeline_task = flavor.get("task")
+    pipeline_task = mlmodel.flavors.get("transformers", {}).get("task")
     raise ModelLoadError(
         f"{what} was not logged for an llm/v1 task (metadata task {task!r}, pipeline task "
         f"{pipeline_task!r}); log it with task= one of {', '.join(TASKS)} to serve it."

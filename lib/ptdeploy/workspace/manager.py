@@ -23,15 +23,15 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from ptdeploy import limits
-from ptdeploy.errors import WorkspaceApiError
+from ptdeploy.errors import WorkspaceApiError, not_valid
+from ptdeploy.llm_tasks import TASK_COMPLETIONS
 from ptdeploy.workspace import render
 from ptdeploy.workspace import store as st
 from ptdeploy.workspace.protocol import invalid, not_found, unavailable
-from ptdeploy.workspace.schemas import TASK_COMPLETIONS
 from ptdeploy.workspace.tables import GatewayTables
 from ptdeploy.workspace.validation import (
     Catalog,
-    check_endpoint_name,
+    endpoint_name_field,
     parse_ai_gateway,
     parse_rate_limits,
     parse_routes,
@@ -262,7 +262,7 @@ class EndpointManager:
     # ---- API operations (sync: called from a thread pool)
 
     def create(self, body: dict[str, Any]) -> dict[str, Any]:
-        name = check_endpoint_name(body.get("name"))
+        name = endpoint_name_field(body.get("name"))
         now = self.now_ms()
         config = body.get("config")
         if config is None:
@@ -272,7 +272,7 @@ class EndpointManager:
                 "'max_provisioned_throughput': ...}]}."
             )
         if not isinstance(config, dict):
-            raise invalid(f"config={config!r} is not valid: expected an object.")
+            raise invalid(not_valid("config", config, "an object"))
         with self.lock:
             if name in self.records:
                 raise WorkspaceApiError(
@@ -289,7 +289,7 @@ class EndpointManager:
         )
         description = body.get("description")
         if description is not None and not isinstance(description, str):
-            raise invalid(f"description={description!r} is not valid: expected a string.")
+            raise invalid(not_valid("description", description, "a string"))
         rec = st.EndpointRecord(
             name=name,
             id=uuid.uuid4().hex,
@@ -488,7 +488,7 @@ class EndpointManager:
         if delete is not None and (
             not isinstance(delete, list) or not all(isinstance(k, str) for k in delete)
         ):
-            raise invalid(f"delete_tags={delete!r} is not valid: expected a list of tag keys.")
+            raise invalid(not_valid("delete_tags", delete, "a list of tag keys"))
         with self.lock:
             rec = self._record(name)
             tags = {t["key"]: t for t in rec.tags}

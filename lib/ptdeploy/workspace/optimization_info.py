@@ -49,10 +49,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from ptdeploy.errors import PtdeployError
-
-TASKS = ("llm/v1/completions", "llm/v1/chat", "llm/v1/embeddings")
-EMBEDDINGS = "llm/v1/embeddings"
+from ptdeploy.errors import ModelVersionNotFoundError
+from ptdeploy.llm_tasks import TASK_EMBEDDINGS, TASKS, embedding_family, logged_task
+from ptdeploy.registry import version_list
 
 # architecture (config.architectures / pipeline_model_type) -> model_type answered
 CAUSAL_FAMILIES: dict[str, str] = {
@@ -64,13 +63,8 @@ CAUSAL_FAMILIES: dict[str, str] = {
 }
 # BERT-family encoders used by GTE/BGE (NewModel is gte-*-en-v1.5's remote-code class).
 ENCODER_ARCHITECTURES = ("BertModel", "XLMRobertaModel", "RobertaModel", "NewModel")
-EMBEDDING_FAMILIES = ("gte", "bge")
 
 MIN_CHUNK = 10
-
-
-class ModelVersionNotFound(PtdeployError, LookupError):
-    """The registry has no such registered model or version."""
 
 
 @dataclass(frozen=True)
@@ -195,7 +189,7 @@ def describe(
     """Decide from an MLmodel dict (and the local artifact directory, if any)."""
     flavor = (mlmodel.get("flavors") or {}).get("transformers") or {}
     metadata = mlmodel.get("metadata") or {}
-    task = metadata.get("task") or flavor.get("inference_task")
+    task = logged_task(metadata, mlmodel.get("flavors"))
     config: dict[str, Any] | None = None
     params: int | None = None
     model_dir = artifacts / (flavor.get("model_binary") or "model") if artifacts else None
@@ -223,9 +217,8 @@ def describe(
         params = count_safetensors_parameters(model_dir)
     if params is None and config is not None:
         params = estimate_parameters_from_config(config)
-    if task == EMBEDDINGS:
-        declared = str(metadata.get("model_type") or "")
-        family = next((f for f in EMBEDDING_FAMILIES if declared.startswith(f)), None)
+    if task == TASK_EMBEDDINGS:
+        family = embedding_family(metadata.get("model_type"))
         if architecture not in ENCODER_ARCHITECTURES and family is None:
             return _replace(
                 base,
@@ -291,7 +284,7 @@ class RegistryCatalog:
         return self._client
 
     def describe(self, name: str, version: str) -> ModelDescription:
-        """The decision for ``name`` version ``version``; ModelVersionNotFound if absent."""
+        """The decision for ``name`` version ``version``; ModelVersionNotFoundError if absent."""
         from mlflow.exceptions import MlflowException
 
         version = str(version)
@@ -303,10 +296,10 @@ class RegistryCatalog:
         except MlflowException as exc:
             if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
                 raise
-            raise ModelVersionNotFound(self._not_found_message(name, version)) from exc
+            raise ModelVersionNotFoundError(self._not_found_message(name, version)) from exc
         status = str(getattr(mv, "status", "READY"))
         if status != "READY":
-            raise ModelVersionNotFound(
+            raise ModelVersionNotFoundError(
                 f"Model version {name}/{version} is {status}, not READY; wait for its "
                 "registration to finish."
             )
@@ -341,12 +334,12 @@ class RegistryCatalog:
                 f"Registered model {name} does not exist in the local registry "
                 f"({self.tracking_uri}); register it first (catalog.schema.model)."
             )
-        existing = ", ".join(str(v) for v in sorted(int(v.version) for v in versions))
+        existing = version_list(versions)
         return f"Model version {name}/{version} does not exist; existing versions: {existing}."
 
 
 def optimization_info(
     name: str, version: str, *, tracking_uri: str | None = None
 ) -> dict[str, Any]:
-    """The REST answer for one model version (raises ModelVersionNotFound)."""
+    """The REST answer for one model version (raises ModelVersionNotFoundError)."""
     return RegistryCatalog(tracking_uri).describe(name, version).response()

@@ -44,37 +44,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from ptdeploy.errors import PtdeployError
+from ptdeploy.errors import InvalidRequestError
 from ptdeploy.limits import MAX_EMBEDDING_INPUTS, MAX_N, MAX_PROMPTS, MAX_TOP_LOGPROBS
-
-TASK_COMPLETIONS = "llm/v1/completions"
-TASK_CHAT = "llm/v1/chat"
-TASK_EMBEDDINGS = "llm/v1/embeddings"
-TASKS = (TASK_COMPLETIONS, TASK_CHAT, TASK_EMBEDDINGS)
+from ptdeploy.llm_tasks import TASK_CHAT, TASK_COMPLETIONS, TASK_EMBEDDINGS, TASKS
 
 DEFAULT_MAX_TOKENS = 256
 MAX_COMPLETION_LOGPROBS = 5  # OpenAI's bound for the legacy completions API
 ROLES = ("system", "user", "assistant")
-
-
-class InvalidRequestError(PtdeployError, ValueError):
-    """A request the engine refuses (answered with HTTP 400 by the server).
-
-    ``field`` is the path of the offending field (``messages[1].role``) or ``body``;
-    ``error_code`` is Databricks': ``BAD_REQUEST`` for an unknown field or a body that
-    is not a JSON object, ``INVALID_PARAMETER_VALUE`` for a value out of range.
-    """
-
-    def __init__(
-        self, field: str, message: str, error_code: str = "INVALID_PARAMETER_VALUE"
-    ) -> None:
-        super().__init__(message)
-        self.field = field
-        self.message = message
-        self.error_code = error_code
-
-    def __reduce__(self) -> tuple[Any, ...]:  # crosses the worker's process boundary
-        return (InvalidRequestError, (self.field, self.message, self.error_code))
 
 
 # ----------------------------------------------------------------- request models

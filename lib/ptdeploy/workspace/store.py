@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ptdeploy.errors import StoreError
 from ptdeploy.limits import ENDPOINT_NAME_PATTERN
 
 log = logging.getLogger(__name__)
@@ -139,10 +140,6 @@ class EndpointRecord:
             if data.get(key) is not None:
                 data[key] = EndpointConfig.from_dict(data[key])
         return cls(**data)
-
-
-class StoreError(Exception):
-    """An endpoint file cannot be written."""
 
 
 class EndpointStore:

@@ -30,7 +30,8 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from ptdeploy.workspace.schemas import TASK_CHAT, Usage, chat_chunk, completion_chunk
+from ptdeploy.llm_tasks import TASK_CHAT
+from ptdeploy.workspace.schemas import Usage, chat_chunk, completion_chunk
 
 log = logging.getLogger("ptdeploy.workspace.server")
 

@@ -13,12 +13,17 @@ from typing import Any, Protocol
 from databricks.sdk.service.serving import ServingModelWorkloadType
 
 from ptdeploy import limits
-from ptdeploy.errors import ParameterError
-from ptdeploy.names import check_registered_model_name
+from ptdeploy import names as name_rules
+from ptdeploy.errors import (
+    EndpointConfigError,
+    ModelVersionNotFoundError,
+    ParameterError,
+    not_valid,
+)
+from ptdeploy.llm_tasks import TASK_CHAT, TASK_COMPLETIONS, TASK_EMBEDDINGS
 from ptdeploy.workspace import store as st
-from ptdeploy.workspace.optimization_info import ModelDescription, ModelVersionNotFound
+from ptdeploy.workspace.optimization_info import ModelDescription
 from ptdeploy.workspace.protocol import invalid
-from ptdeploy.workspace.schemas import TASK_CHAT, TASK_COMPLETIONS, TASK_EMBEDDINGS
 
 # the request field that identifies each task's request body
 TASK_FIELD = {TASK_CHAT: "messages", TASK_COMPLETIONS: "prompt", TASK_EMBEDDINGS: "input"}
@@ -44,7 +49,7 @@ def _int_field(value: Any, field: str) -> int:
         return int(value)
     if isinstance(value, str) and value.strip().lstrip("-").isdigit():
         return int(value.strip())
-    raise invalid(f"{field}={value!r} is not valid: expected an integer (tokens per second).")
+    raise invalid(not_valid(field, value, "an integer (tokens per second)"))
 
 
 def _bool_field(value: Any, field: str) -> bool:
@@ -52,7 +57,7 @@ def _bool_field(value: Any, field: str) -> bool:
         return value
     if isinstance(value, str) and value.lower() in ("true", "false"):
         return value.lower() == "true"
-    raise invalid(f"{field}={value!r} is not valid: expected true or false.")
+    raise invalid(not_valid(field, value, "true or false"))
 
 
 def _str_field(value: Any, field: str) -> str:
@@ -60,30 +65,17 @@ def _str_field(value: Any, field: str) -> str:
         return value.strip()
     if value is None:
         raise invalid(f"{field} is required.")
-    raise invalid(f"{field}={value!r} is not valid: expected a non-empty string.")
+    raise invalid(not_valid(field, value, "a non-empty string"))
 
 
-def check_endpoint_name(name: Any) -> str:
+def endpoint_name_field(name: Any) -> str:
+    """The endpoint name of a create request, by the client's rule (``names``)."""
     if name is None or name == "":
         raise invalid("name is required: the name of the serving endpoint.")
-    if not isinstance(name, str) or not limits.ENDPOINT_NAME_PATTERN.fullmatch(name):
-        raise invalid(
-            f"name={name!r} is not a valid endpoint name: use 1 to "
-            f"{limits.ENDPOINT_NAME_MAX_LENGTH} letters, digits, dashes ('-') and underscores "
-            "('_'), starting with a letter or digit, e.g. 'llama-completions'."
-        )
-    return name
-
-
-def default_served_entity_name(entity_name: str, entity_version: str) -> str:
-    """Databricks' default: ``<model>-<version>`` with the last level of a UC name.
-
-    (``system.ai.meta_llama_v3_1_8b_instruct`` version 3 is served as
-    ``meta_llama_v3_1_8b_instruct-3``.)
-    """
-    base = entity_name.rsplit(".", 1)[-1]
-    cleaned = "".join(c if c.isalnum() or c in "-_" else "-" for c in base)
-    return f"{cleaned}-{entity_version}"
+    try:
+        return name_rules.check_endpoint_name(name, "name")
+    except EndpointConfigError as exc:
+        raise invalid(str(exc)) from exc
 
 
 def _multiples(chunk: int) -> str:
@@ -141,7 +133,7 @@ def _parse_served_entity(
     item: Any, field: str, *, catalog: Catalog, creator: str, now_ms: int
 ) -> st.ServedEntity:
     if not isinstance(item, dict):
-        raise invalid(f"{field}={item!r} is not valid: expected an object.")
+        raise invalid(not_valid(field, item, "an object"))
     if item.get("external_model") is not None:
         raise invalid(
             f"{field}.external_model is not supported by the local workspace: it serves "
@@ -169,7 +161,7 @@ def _parse_served_entity(
         )
     try:
         desc = catalog.describe(entity_name, version)
-    except ModelVersionNotFound as exc:
+    except ModelVersionNotFoundError as exc:
         raise invalid(f"{field}: {exc}") from exc
     if desc.task not in TASK_FIELD:
         raise invalid(
@@ -179,12 +171,12 @@ def _parse_served_entity(
         )
     name = item.get("name")
     if name is None:
-        name = default_served_entity_name(entity_name, version)
-    elif not isinstance(name, str) or not limits.SERVED_ENTITY_NAME_PATTERN.fullmatch(name):
-        raise invalid(
-            f"{field}.name={name!r} is not valid: a served entity name uses 1 to 63 letters, "
-            "digits, dashes and underscores."
-        )
+        name = name_rules.default_served_entity_name(entity_name, version)
+    else:
+        try:
+            name_rules.check_served_entity_name(name, f"{field}.name")
+        except EndpointConfigError as exc:
+            raise invalid(str(exc)) from exc
     if item.get("provisioned_model_units") is not None:
         raise invalid(
             f"{field}.provisioned_model_units is not valid for {entity_name} version {version}: "
@@ -313,7 +305,7 @@ def parse_routes(raw: Any, entities: list[st.ServedEntity], field: str) -> list[
         share, rest = divmod(100, len(names))
         return [st.Route(n, share + (1 if i < rest else 0)) for i, n in enumerate(names)]
     if not isinstance(raw, dict):
-        raise invalid(f"{field}={raw!r} is not valid: expected an object with 'routes'.")
+        raise invalid(not_valid(field, raw, "an object with 'routes'"))
     routes_raw = raw.get("routes")
     if not isinstance(routes_raw, list) or not routes_raw:
         raise invalid(
@@ -324,7 +316,7 @@ def parse_routes(raw: Any, entities: list[st.ServedEntity], field: str) -> list[
     for i, r in enumerate(routes_raw):
         f = f"{field}.routes[{i}]"
         if not isinstance(r, dict):
-            raise invalid(f"{f}={r!r} is not valid: expected an object.")
+            raise invalid(not_valid(f, r, "an object"))
         target = r.get("served_entity_name", r.get("served_model_name"))
         if target not in names:
             raise invalid(
@@ -374,7 +366,7 @@ def parse_tags(raw: Any, field: str) -> list[dict[str, str]]:
             )
         value = t.get("value")
         if value is not None and not isinstance(value, str):
-            raise invalid(f"{field}[{i}].value={value!r} is not valid: expected a string.")
+            raise invalid(not_valid(f"{field}[{i}].value", value, "a string"))
         if value is not None and len(value) > limits.MAX_TAG_VALUE_LENGTH:
             raise invalid(
                 f"{field}[{i}].value is {len(value)} characters long; at most "
@@ -392,12 +384,12 @@ def parse_rate_limits(raw: Any, field: str, *, gateway: bool) -> list[dict[str, 
     if raw is None:
         return []
     if not isinstance(raw, list):
-        raise invalid(f"{field}={raw!r} is not valid: expected a list of rate limits.")
+        raise invalid(not_valid(field, raw, "a list of rate limits"))
     out = []
     for i, r in enumerate(raw):
         f = f"{field}[{i}]"
         if not isinstance(r, dict):
-            raise invalid(f"{f}={r!r} is not valid: expected an object.")
+            raise invalid(not_valid(f, r, "an object"))
         if r.get("renewal_period") not in _RENEWAL:
             raise invalid(
                 f"{f}.renewal_period={r.get('renewal_period')!r} is not valid; use 'minute'."
@@ -421,7 +413,7 @@ def parse_rate_limits(raw: Any, field: str, *, gateway: bool) -> list[dict[str, 
 
 def parse_ai_gateway(raw: Any, field: str = "ai_gateway") -> dict[str, Any]:
     if not isinstance(raw, dict):
-        raise invalid(f"{field}={raw!r} is not valid: expected an object.")
+        raise invalid(not_valid(field, raw, "an object"))
     known = (
         "usage_tracking_config",
         "inference_table_config",
@@ -435,7 +427,7 @@ def parse_ai_gateway(raw: Any, field: str = "ai_gateway") -> dict[str, Any]:
     gw = {k: v for k, v in raw.items() if v is not None}
     for key in ("usage_tracking_config", "inference_table_config", "guardrails", "fallback_config"):
         if key in gw and not isinstance(gw[key], dict):
-            raise invalid(f"{field}.{key}={gw[key]!r} is not valid: expected an object.")
+            raise invalid(not_valid(f"{field}.{key}", gw[key], "an object"))
         if key in gw and "enabled" in gw[key]:
             gw[key]["enabled"] = _bool_field(gw[key]["enabled"], f"{field}.{key}.enabled")
     if "rate_limits" in gw:
@@ -458,7 +450,7 @@ def check_model_version_path(path: str) -> tuple[str, str]:
             f"version={version!r} is not valid: expected a version number such as '1' ({example})."
         )
     try:
-        check_registered_model_name(name, unity_catalog=False)
+        name_rules.check_registered_model_name(name, unity_catalog=False)
     except ParameterError as exc:
         raise invalid(f"name={name!r} is not a valid registered model name: {exc}") from exc
     return name, str(int(version))
@@ -485,7 +477,7 @@ def unwrap_request(body: dict[str, Any], task: str) -> dict[str, Any]:
     """
     params = body.get("params") or {}
     if not isinstance(params, dict):
-        raise invalid(f"params={params!r} is not valid: expected an object.")
+        raise invalid(not_valid("params", params, "an object"))
     if isinstance(body.get("inputs"), dict):
         return {**body["inputs"], **params}
     rows: list[dict[str, Any]] | None = None

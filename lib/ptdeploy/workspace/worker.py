@@ -45,8 +45,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from ptdeploy.errors import PtdeployError
-from ptdeploy.workspace.schemas import TASK_EMBEDDINGS, InvalidRequestError, parse_request
+from ptdeploy.errors import InvalidRequestError, WorkerError, WorkerNotReadyError
+from ptdeploy.llm_tasks import TASK_EMBEDDINGS
+from ptdeploy.workspace.schemas import parse_request
 
 log = logging.getLogger(__name__)
 
@@ -54,14 +55,6 @@ LOADING = "LOADING"
 READY = "READY"
 FAILED = "FAILED"
 STOPPED = "STOPPED"
-
-
-class WorkerError(PtdeployError):
-    """A request could not be served by the worker (not a problem with the request)."""
-
-
-class WorkerNotReadyError(WorkerError):
-    """The worker is loading, failed or stopped."""
 
 
 @dataclass(frozen=True)
