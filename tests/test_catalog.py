@@ -4,7 +4,7 @@ list what exists, the task of a registered version, and the seeded local system.
 from __future__ import annotations
 
 import pytest
-from ptdeploy import catalog, specs, targets
+from ptdeploy import catalog, specs, targets, unity_catalog
 from ptdeploy.errors import ModelVersionNotFoundError, NotOptimizableError, ParameterError
 from ptdeploy.parameters import Params
 
@@ -90,7 +90,7 @@ def _params(**values) -> Params:
 
 def test_resolve_refuses_base_llama_before_seeding_or_calling(ptdeploy_home):
     with pytest.raises(NotOptimizableError, match="base .*Meta Llama"):
-        catalog.resolve(_params(model_name="meta_llama_3_8b"), w=None)
+        unity_catalog.resolve(_params(model_name="meta_llama_3_8b"), w=None)
     import mlflow
 
     names = {m.name for m in mlflow.MlflowClient().search_registered_models()}
@@ -151,7 +151,7 @@ def test_seeding_is_idempotent_and_documented():
     assert catalog.model_task(BASE_LLAMA, "1") == "llm/v1/completions"
     # Seeded or not, the rule still refuses it.
     with pytest.raises(NotOptimizableError):
-        catalog.resolve(_params(model_name="meta_llama_3_8b"), w=None)
+        unity_catalog.resolve(_params(model_name="meta_llama_3_8b"), w=None)
 
 
 def test_seeding_an_unknown_name_is_refused():
@@ -162,7 +162,7 @@ def test_seeding_an_unknown_name_is_refused():
 def test_catalog_model_as_registered_version():
     from ptdeploy.optimization import OptimizationInfo
 
-    model = catalog.CatalogModel(
+    model = unity_catalog.CatalogModel(
         "system.ai.x", "4", "llm/v1/chat", OptimizationInfo(True, "llama", 980)
     )
     assert model.registered.name == "system.ai.x" and model.registered.version == "4"
@@ -199,7 +199,7 @@ def test_resolve_by_step_hands_the_version_over(registered_tiny_completions, mon
     w = targets.workspace_client("local")
     catalog_, schema, model = name.split(".")
     base = {"catalog": catalog_, "schema": schema, "model_name": model}
-    model_ = catalog.resolve(_params(**base, steps="register"), w)
+    model_ = unity_catalog.resolve(_params(**base, steps="register"), w)
     assert (model_.version, model_.task) == (version, "llm/v1/completions")
     assert model_.info.optimizable and model_.info.throughput_chunk_size
     assert handed == {"model_name": name, "model_version": version, "task": "llm/v1/completions"}
@@ -212,7 +212,7 @@ def test_resolve_by_step_hands_the_version_over(registered_tiny_completions, mon
 
     monkeypatch.setattr(catalog, "get_task_value", task_value)
     handed.clear()
-    assert catalog.resolve(_params(**base, steps="smoke_test"), w).version == version
+    assert unity_catalog.resolve(_params(**base, steps="smoke_test"), w).version == version
     assert asked == [("register", "model_version")]
     assert handed == {}, "only the register task sets task values"
     assert notebook.get_task_value("register", "model_version", "7") == "7"  # off Databricks

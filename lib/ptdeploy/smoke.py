@@ -52,10 +52,10 @@ def embed_from_registry(model_uri: str, texts: list[str]) -> list[list[float]]:
     import mlflow
     import torch
 
-    from ptdeploy.workspace.engine import pool
+    from ptdeploy.pooling import DEFAULT_POOLING, pool
 
     info = mlflow.models.get_model_info(model_uri)
-    pooling = (info.metadata or {}).get("pooling") or {"mode": "cls", "normalize": False}
+    pooling = (info.metadata or {}).get("pooling") or DEFAULT_POOLING
     components = mlflow.transformers.load_model(model_uri, return_type="components")
     model, tokenizer = components["model"].eval(), components["tokenizer"]
     encoded = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")

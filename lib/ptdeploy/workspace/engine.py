@@ -91,6 +91,7 @@ from typing import TYPE_CHECKING, Any
 
 from ptdeploy.errors import InvalidRequestError, ModelLoadError
 from ptdeploy.llm_tasks import TASK_CHAT, TASK_COMPLETIONS, TASK_EMBEDDINGS, TASKS, logged_task
+from ptdeploy.pooling import DEFAULT_POOLING, POOLING_MODES, pool
 from ptdeploy.registry import version_list
 from ptdeploy.workspace.schemas import (
     DEFAULT_MAX_TOKENS,
@@ -114,8 +115,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ROWWISE_ATTENTION = "ptdeploy_rowwise"
-POOLING_MODES = ("cls", "mean", "max", "mean_sqrt_len", "lasttoken")
-DEFAULT_POOLING: dict[str, Any] = {"mode": "cls", "normalize": False}
 # Families whose attention modules go through transformers' attention interface with the
 # standard (module, query, key, value, mask, scaling) contract and no sliding window.
 ROWWISE_MODEL_TYPES = ("llama",)
@@ -1624,30 +1623,6 @@ def token_bytes(raw: str) -> bytes:
     if raw and all(ch in _BYTE_DECODER for ch in raw):
         return bytes(_BYTE_DECODER[ch] for ch in raw)
     return raw.replace("\u2581", " ").encode("utf-8")
-
-
-def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: dict[str, Any]) -> torch.Tensor:
-    """Sentence embeddings from token embeddings, as sentence-transformers' Pooling does."""
-    import torch
-
-    mode = pooling.get("mode", "cls")
-    m = mask.unsqueeze(-1).to(hidden.dtype)
-    if mode == "cls":
-        pooled = hidden[:, 0]
-    elif mode in ("mean", "mean_sqrt_len"):
-        summed = (hidden * m).sum(dim=1)
-        lengths = m.sum(dim=1).clamp(min=1e-9)
-        pooled = summed / (lengths if mode == "mean" else lengths.sqrt())
-    elif mode == "max":
-        pooled = hidden.masked_fill(m == 0, -1e9).max(dim=1).values
-    elif mode == "lasttoken":  # right padding: the last valid position of each row
-        last = mask.sum(dim=1) - 1
-        pooled = hidden[torch.arange(hidden.shape[0]), last]
-    else:
-        raise ModelLoadError(f"pooling mode {mode!r} is not supported ({', '.join(POOLING_MODES)})")
-    if pooling.get("normalize"):
-        pooled = torch.nn.functional.normalize(pooled, p=2, dim=-1)
-    return pooled
 
 
 # ------------------------------------------------------------------ registry
