@@ -2,13 +2,13 @@
 
 Measures, on this machine, now (compare ratios, not seconds across runs):
 
-* Spark start-up: ``ptdeploy.batch.spark_session("local")`` in a fresh process;
+* Spark start-up: ``ptdeploy.inference.batch.spark_session("local")`` in a fresh process;
 * an embeddings batch (all-MiniLM-L6-v2, ``--embed-rows`` rows, default 10,000) and a
   completions batch (tiny-llama, ``--complete-rows`` rows, default 200, max_tokens 16,
   greedy) through the local endpoint with ``ai_query`` at ``--concurrency`` requests in
   flight: rows/s, and that nothing was lost (``batch.check_output``);
 * the load test's requests/s on the same endpoint at the same concurrency
-  (``ptdeploy.loadtest.run_load_test``, the same SDK client path), the ratio batch/load test
+  (``ptdeploy.capacity.loadtest.run_load_test``, the same SDK client path), the ratio batch/load test
   (goal >= 0.8);
 * with ``--notebook``, the batch notebook's run time against the import floor
   (``python -c "import mlflow, transformers, torch, pyspark"``).
@@ -54,7 +54,9 @@ def spark_startup_seconds() -> float:
 
 
 def deploy(w, loaded, task: str, endpoint: str, model_type: str | None = None) -> None:
-    from ptdeploy import endpoints, model_logging, optimization, registry, targets, throughput
+    from ptdeploy import targets
+    from ptdeploy.models import model_logging, registry
+    from ptdeploy.serving import endpoints, optimization, throughput
 
     targets.configure_mlflow("local")
     logged = model_logging.log_model(loaded, task=task, model_type=model_type)
@@ -68,7 +70,7 @@ def deploy(w, loaded, task: str, endpoint: str, model_type: str | None = None) -
 
 
 def load_test_rps(w, endpoint: str, task: str, concurrency: int, requests: int, **payload) -> float:
-    from ptdeploy import loadtest
+    from ptdeploy.capacity import loadtest
 
     result = loadtest.run_load_test(
         w,
@@ -84,7 +86,7 @@ def load_test_rps(w, endpoint: str, task: str, concurrency: int, requests: int, 
 
 
 def run_batch(spark, conn, workdir: Path, name: str, spec_kwargs: dict, rows: list[dict]):
-    from ptdeploy import batch
+    from ptdeploy.inference import batch
 
     source = str(workdir / f"{name}.parquet")
     batch.write_table(spark, rows, source, "local")
@@ -95,7 +97,7 @@ def run_batch(spark, conn, workdir: Path, name: str, spec_kwargs: dict, rows: li
 
 
 def notebook_vs_floor(out: Path) -> tuple[float, float]:
-    from ptdeploy import runner
+    from ptdeploy.templates import runner
 
     start = time.perf_counter()
     subprocess.run(
@@ -128,7 +130,8 @@ def main() -> int:
     os.environ["PTDEPLOY_HOME"] = str(home)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("PTDEPLOY_MODEL_CACHE", str(REPO / ".ptdeploy" / "models"))
-    from ptdeploy import ai_query, batch, models
+    from ptdeploy.inference import ai_query, batch
+    from ptdeploy.models import sources
     from ptdeploy.workspace import control
 
     load_before = os.getloadavg()
@@ -141,12 +144,12 @@ def main() -> int:
         w = WorkspaceClient(host=ws.host, token=ws.token, auth_type="pat")
         deploy(
             w,
-            models.load_model("all-minilm-l6-v2"),
+            sources.load_model("all-minilm-l6-v2"),
             "llm/v1/embeddings",
             "bench-embed",
             "gte-large",
         )
-        deploy(w, models.build_tiny_llama(), "llm/v1/completions", "bench-complete")
+        deploy(w, sources.build_tiny_llama(), "llm/v1/completions", "bench-complete")
         spark = batch.spark_session("local")
         conn = ai_query.Connection(ws.host, ws.token)
         workdir = home / "bench-batch"

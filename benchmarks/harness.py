@@ -4,7 +4,7 @@ Everything here is bounded (count and time caps, start-up timeouts), talks to lo
 only, and cleans up the processes it starts (by their own process group).
 
 * :class:`HttpEndpoint` duck-types ``WorkspaceClient.serving_endpoints`` for
-  :func:`ptdeploy.loadtest.run_load_test`: the same closed-loop driver, caps and
+  :func:`ptdeploy.capacity.loadtest.run_load_test`: the same closed-loop driver, caps and
   percentiles as ``ptdeploy loadtest``, but requests go out through ``http.client`` with
   one keep-alive connection per client thread. The benchmark runs on the same 2 cores as
   the servers it measures, so the client must cost as little CPU as possible, and it
@@ -34,13 +34,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from ptdeploy.loadtest import LevelResult, Sample, Task, build_payload, run_load_test
+from ptdeploy.capacity.loadtest import LevelResult, Sample, Task, build_payload, run_load_test
 
 # --------------------------------------------------------------------------- HTTP client
 
 
 class HttpStatusError(Exception):
-    """A non-200 answer; ``status_code`` is what ``ptdeploy.loadtest`` records."""
+    """A non-200 answer; ``status_code`` is what ``ptdeploy.capacity.loadtest`` records."""
 
     def __init__(self, status_code: int, body: bytes) -> None:
         super().__init__(f"HTTP {status_code}: {body[:300].decode(errors='replace')}")
@@ -134,7 +134,7 @@ class Workload:
 
 
 def http_level(endpoint: HttpEndpoint, workload: Workload, concurrency: int) -> LevelResult:
-    """One closed-loop level through ``ptdeploy.loadtest`` (no retries, no progress bar)."""
+    """One closed-loop level through ``ptdeploy.capacity.loadtest`` (no retries, no progress bar)."""
     result = run_load_test(
         endpoint,
         "bench",

@@ -39,7 +39,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("PTDEPLOY_HOME", tempfile.mkdtemp(prefix="ptdeploy-bench-job-"))
     from harness import load_average
-    from ptdeploy import job, runner
+    from ptdeploy.templates import job, runner
     from ptdeploy.workspace import control
 
     lines = [f"# Job rehearsal vs ptdeploy run ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC)", ""]

@@ -36,7 +36,7 @@ CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
 
 def bare_jupyterlab(env: dict[str, str]) -> float:
-    from ptdeploy.lab import free_port
+    from ptdeploy.templates.lab import free_port
 
     port, token = free_port(), secrets.token_hex(8)
     started = time.perf_counter()

@@ -37,7 +37,7 @@ def import_floor(repeats: int) -> list[float]:
 
 
 def notebook_run(model_source: str, out: Path) -> float:
-    from ptdeploy import runner
+    from ptdeploy.templates import runner
 
     result = runner.run_notebook(
         NOTEBOOK,
@@ -65,7 +65,7 @@ def main() -> None:
     # A throwaway state dir: the benchmark must not touch the user's registry.
     os.environ["PTDEPLOY_MODEL_CACHE"] = str(REPO / ".ptdeploy" / "models")
     os.environ["PTDEPLOY_HOME"] = tempfile.mkdtemp(prefix="ptdeploy-bench-")
-    from ptdeploy.models import smollm2_dir
+    from ptdeploy.models.sources import smollm2_dir
     from ptdeploy.workspace import control
 
     if not args.quick:

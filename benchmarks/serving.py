@@ -61,7 +61,7 @@ from harness import (  # noqa: E402
     wait_for_quiet_children,
     warm_up,
 )
-from ptdeploy.loadtest import LevelResult, Task  # noqa: E402
+from ptdeploy.capacity.loadtest import LevelResult, Task  # noqa: E402
 
 LOCAL_BATCHED = "local batched"
 LOCAL_UNBATCHED = "local unbatched"
@@ -146,15 +146,15 @@ def setup_state(home: Path) -> None:
 
 def register(model: BenchModel) -> str:
     """The registered version of ``model`` (logged and registered once per state dir)."""
-    from ptdeploy import model_logging, models, registry
     from ptdeploy.errors import RegistryError
+    from ptdeploy.models import model_logging, registry, sources
 
     with contextlib.suppress(RegistryError):
         version = registry.latest_version(model.registered_name)
         print(f"reusing {model.registered_name} version {version}", flush=True)
         return version
     t0 = time.perf_counter()
-    loaded = models.load_model(model.source)
+    loaded = sources.load_model(model.source)
     logged = model_logging.log_model(
         loaded, task=model.workload.task.value, model_type=model.model_type
     )
@@ -183,7 +183,7 @@ def local_workspace(batching: bool) -> Iterator[Any]:
 
 def create_endpoint(w: Any, model: BenchModel, version: str) -> float:
     """Create the endpoint (deleting a leftover first); seconds from create to READY."""
-    from ptdeploy import endpoints, optimization, throughput
+    from ptdeploy.serving import endpoints, optimization, throughput
     from ptdeploy.workspace import control
 
     endpoints.delete_endpoint(w, model.endpoint)
@@ -222,7 +222,7 @@ def measure_http(report: Report, server: str, model: BenchModel, endpoint: HttpE
 
 
 def run_local(report: Report, chosen: list[BenchModel], versions: dict[str, str]) -> None:
-    from ptdeploy import endpoints
+    from ptdeploy.serving import endpoints
 
     print("== local workspace, batching on", flush=True)
     with local_workspace(batching=True) as w:
@@ -623,7 +623,7 @@ def main(argv: list[str] | None = None) -> int:
         "it only under `params`, see DESIGN.md)."
     )
     report.notes.append(
-        "Levels are closed loops run by `ptdeploy.loadtest` with a keep-alive "
+        "Levels are closed loops run by `ptdeploy.capacity.loadtest` with a keep-alive "
         "`http.client` connection per client thread; each level stops issuing after its "
         "request or time cap and waits for the requests in flight. In-process levels serve "
         "batches of `concurrency` requests with the worker's engine settings."

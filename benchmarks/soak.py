@@ -157,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     home = args.home or Path(tempfile.mkdtemp(prefix="ptdeploy-soak-"))
     setup_state(home.resolve())
-    from ptdeploy import endpoints, targets
+    from ptdeploy import targets
+    from ptdeploy.serving import endpoints
 
     targets.configure_mlflow("local")
     wanted = {"minilm"} | {k.strip() for k in args.heal.split(",") if k.strip()}

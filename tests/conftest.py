@@ -3,7 +3,7 @@
 PTDEPLOY_HOME is set before any ptdeploy module resolves it, so tests never touch the
 developer's ``.ptdeploy`` (registry, endpoints, model cache). The converted SmolLM2 cache
 is shared read-only from the developer's state dir when present, to avoid converting the
-GGUF again in every session (see ``ptdeploy.models``).
+GGUF again in every session (see ``ptdeploy.models.sources``).
 """
 
 from __future__ import annotations
@@ -50,7 +50,8 @@ def _stop_local_workspace_at_end():
 
 
 def _register(loaded, task: str, name: str, **kwargs) -> tuple[str, str]:
-    from ptdeploy import model_logging, registry, targets
+    from ptdeploy import targets
+    from ptdeploy.models import model_logging, registry
 
     targets.configure_mlflow("local")
     logged = model_logging.log_model(loaded, task=task, **kwargs)
@@ -61,28 +62,28 @@ def _register(loaded, task: str, name: str, **kwargs) -> tuple[str, str]:
 @pytest.fixture(scope="session")
 def registered_tiny_completions(ptdeploy_home) -> tuple[str, str]:
     """tiny-llama logged for llm/v1/completions in the session registry: (name, version)."""
-    from ptdeploy import models
+    from ptdeploy.models import sources
 
     return _register(
-        models.build_tiny_llama(), "llm/v1/completions", "main.default.tiny_completions"
+        sources.build_tiny_llama(), "llm/v1/completions", "main.default.tiny_completions"
     )
 
 
 @pytest.fixture(scope="session")
 def registered_tiny_chat(ptdeploy_home) -> tuple[str, str]:
     """tiny-llama logged for llm/v1/chat in the session registry: (name, version)."""
-    from ptdeploy import models
+    from ptdeploy.models import sources
 
-    return _register(models.build_tiny_llama(), "llm/v1/chat", "main.default.tiny_chat")
+    return _register(sources.build_tiny_llama(), "llm/v1/chat", "main.default.tiny_chat")
 
 
 @pytest.fixture(scope="session")
 def registered_minilm(ptdeploy_home) -> tuple[str, str]:
     """The real all-MiniLM-L6-v2 logged for llm/v1/embeddings: (name, version)."""
-    from ptdeploy import models
+    from ptdeploy.models import sources
 
     return _register(
-        models.load_model("all-minilm-l6-v2"),
+        sources.load_model("all-minilm-l6-v2"),
         "llm/v1/embeddings",
         "main.default.minilm",
         model_type="gte-large",
@@ -92,7 +93,7 @@ def registered_minilm(ptdeploy_home) -> tuple[str, str]:
 @pytest.fixture(scope="session")
 def spark(ptdeploy_home):
     """One local Spark session for every test that needs one (start-up costs ~10-20 s)."""
-    from ptdeploy import batch
+    from ptdeploy.inference import batch
 
     session = batch.spark_session("local")
     yield session

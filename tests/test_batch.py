@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import pytest
 from databricks.sdk.errors import InvalidParameterValue, TemporarilyUnavailable, TooManyRequests
-from ptdeploy import ai_query, batch
+from ptdeploy.capacity.loadtest import Task
 from ptdeploy.errors import BatchError, ParameterError
-from ptdeploy.loadtest import Task
+from ptdeploy.inference import ai_query, batch
 
 # ------------------------------------------------------------------ the SQL text
 
@@ -216,7 +216,7 @@ def conn(ws) -> ai_query.Connection:
 
 
 def _deploy(w, endpoint: str, registered: tuple[str, str]) -> str:
-    from ptdeploy import endpoints, optimization, throughput
+    from ptdeploy.serving import endpoints, optimization, throughput
 
     name, version = registered
     info = optimization.optimizable_info(w, name, version)
@@ -342,7 +342,7 @@ def test_notebook_embeds_a_sample_table_on_local_spark(embeddings_ep, tmp_path):
     """The template end to end, headless, against the module's endpoint: the sample input
     (two malformed rows) lands whole in the output, and the summary holds the SQL and the
     planner's sizing."""
-    from ptdeploy import runner
+    from ptdeploy.templates import runner
 
     source, out = str(tmp_path / "docs.parquet"), str(tmp_path / "docs-embedded")
     run = runner.run_notebook(
@@ -384,7 +384,7 @@ def test_duplicate_ids_are_refused_before_anything_is_sent(spark, conn, tmp_path
 
 
 def _params(**overrides):
-    from ptdeploy import runner
+    from ptdeploy.templates import runner
 
     return runner.resolve_parameters(
         "notebooks/batch_inference.ipynb", "parameters/batch_inference/local.yaml", overrides

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from ptdeploy import dbutils, runner
+from ptdeploy.templates import dbutils, runner
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
@@ -94,7 +94,9 @@ def test_bootstrap_installs_ptdeploy_in_a_databricks_like_kernel(tmp_path, ptdep
         },
     )
     assert result.ok, result.describe_failure()
-    assert (venv_site / "ptdeploy" / "flow.py").is_file(), "installed by the bootstrap cell"
+    assert (venv_site / "ptdeploy" / "templates" / "flow.py").is_file(), (
+        "installed by the bootstrap cell"
+    )
     assert result.summary and result.summary["version"]
     executed = nbformat.read(result.output, as_version=4)
     shown = json.dumps([c.get("outputs", []) for c in executed.cells])

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 from papermill.inspection import inspect_notebook
-from ptdeploy import bundle, cli
+from ptdeploy import cli
 from ptdeploy.errors import ParameterError
+from ptdeploy.templates import bundle
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted(p.stem for p in (REPO / "notebooks").glob("*.ipynb"))

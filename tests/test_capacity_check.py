@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 from databricks.sdk.service.serving import ServingEndpointDetailed
-from ptdeploy.capacity_check import DeployedThroughput, check_capacity, deployed_throughput
+from ptdeploy.capacity.capacity_check import DeployedThroughput, check_capacity, deployed_throughput
+from ptdeploy.capacity.loadtest import LevelResult, LoadTestResult, Sample, build_payload
+from ptdeploy.capacity.planner import Verdict, Workload
 from ptdeploy.errors import ThroughputError
-from ptdeploy.loadtest import LevelResult, LoadTestResult, Sample, build_payload
-from ptdeploy.planner import Verdict, Workload
 
 CHUNK = 980
 # 5 req/s x (300 + 100) tokens = 2000 tokens/s at peak; x1.2 = 2400 -> 3 chunks (2940).

@@ -4,9 +4,11 @@ list what exists, the task of a registered version, and the seeded local system.
 from __future__ import annotations
 
 import pytest
-from ptdeploy import catalog, specs, targets, unity_catalog
+from ptdeploy import targets
 from ptdeploy.errors import ModelVersionNotFoundError, NotOptimizableError, ParameterError
-from ptdeploy.parameters import Params
+from ptdeploy.models import catalog
+from ptdeploy.templates import specs, unity_catalog
+from ptdeploy.templates.parameters import Params
 
 BASE_LLAMA = "system.ai.meta_llama_3_8b"
 
@@ -160,7 +162,7 @@ def test_seeding_an_unknown_name_is_refused():
 
 
 def test_catalog_model_as_registered_version():
-    from ptdeploy.optimization import OptimizationInfo
+    from ptdeploy.serving.optimization import OptimizationInfo
 
     model = unity_catalog.CatalogModel(
         "system.ai.x", "4", "llm/v1/chat", OptimizationInfo(True, "llama", 980)
@@ -174,7 +176,7 @@ def test_a_version_that_does_not_record_its_task(monkeypatch):
     from types import SimpleNamespace
 
     import mlflow
-    from ptdeploy.optimization import OptimizationInfo
+    from ptdeploy.serving.optimization import OptimizationInfo
 
     monkeypatch.setattr(
         mlflow.models, "get_model_info", lambda uri: SimpleNamespace(metadata={}, flavors={})
@@ -191,7 +193,7 @@ def test_a_version_that_does_not_record_its_task(monkeypatch):
 def test_resolve_by_step_hands_the_version_over(registered_tiny_completions, monkeypatch):
     """register: the latest version, set as task values; deploy/smoke_test alone: the
     register task's value (the debugValue off Databricks: none, so the latest again)."""
-    from ptdeploy import notebook
+    from ptdeploy.templates import notebook
 
     name, version = registered_tiny_completions
     handed: dict = {}

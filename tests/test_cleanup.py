@@ -12,8 +12,9 @@ import fakes
 import pytest
 from databricks.sdk import WorkspaceClient
 from databricks.sdk.service.serving import EndpointCoreConfigInput, ServedEntityInput
-from ptdeploy import cleanup, cli, endpoints
-from ptdeploy.throughput import ThroughputPlan
+from ptdeploy import cli
+from ptdeploy.serving import cleanup, endpoints
+from ptdeploy.serving.throughput import ThroughputPlan
 
 MODEL = "main.default.tiny"
 CHUNK = fakes.CHUNK

@@ -8,9 +8,9 @@ from typing import Any
 import fakes
 import pytest
 from databricks.sdk import WorkspaceClient
-from ptdeploy import completions
+from ptdeploy.capacity.loadtest import Task
 from ptdeploy.errors import PromotionError
-from ptdeploy.loadtest import Task
+from ptdeploy.templates import completions
 from ptdeploy.workspace.schemas import parse_request
 
 

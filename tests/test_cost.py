@@ -6,9 +6,9 @@ import math
 
 import pytest
 from ptdeploy import cli
-from ptdeploy.cost import HOURS_PER_MONTH, Pricing, estimate_cost, pricing_from
+from ptdeploy.capacity.cost import HOURS_PER_MONTH, Pricing, estimate_cost, pricing_from
+from ptdeploy.capacity.planner import Workload, assess_provisioning, plan_capacity
 from ptdeploy.errors import ParameterError
-from ptdeploy.planner import Workload, assess_provisioning, plan_capacity
 
 CHUNK = 980
 # 85.714 DBU/hour per chunk at 0.07 per DBU: 6.00 per chunk-hour (round numbers to check)

@@ -37,7 +37,7 @@ def test_listing_endpoints_works_with_unified_auth(w):
 
 
 def test_optimization_info_of_a_system_ai_model(w):
-    from ptdeploy import optimization
+    from ptdeploy.serving import optimization
 
     info = optimization.get_optimization_info(w, SYSTEM_AI_LLAMA, "1")
     assert info.optimizable
@@ -45,8 +45,8 @@ def test_optimization_info_of_a_system_ai_model(w):
 
 
 def test_unknown_endpoint_is_a_clear_error(w):
-    from ptdeploy import endpoints
     from ptdeploy.errors import EndpointNotFoundError
+    from ptdeploy.serving import endpoints
 
     with pytest.raises(EndpointNotFoundError, match="ptdeploy-does-not-exist"):
         endpoints.get_endpoint(w, "ptdeploy-does-not-exist")
@@ -57,7 +57,7 @@ def test_unknown_endpoint_is_a_clear_error(w):
     reason="creates a billable endpoint: set PTDEPLOY_DATABRICKS_E2E=1",
 )
 def test_llama_notebook_on_databricks(tmp_path):
-    from ptdeploy import runner
+    from ptdeploy.templates import runner
 
     result = runner.run_notebook(
         REPO / "notebooks" / "llama_completions.ipynb",

@@ -9,9 +9,9 @@ import stat
 import sys
 
 import pytest
-from ptdeploy import dbutils as offline
 from ptdeploy.errors import TaskValueError
-from ptdeploy.notebook import get_task_value, set_task_values
+from ptdeploy.templates import dbutils as offline
+from ptdeploy.templates.notebook import get_task_value, set_task_values
 
 
 def job_dbutils(tmp_path, task_key="deploy", parameters=None):

@@ -11,8 +11,8 @@ import math
 
 import fakes
 import pytest
-from ptdeploy import embeddings
 from ptdeploy.errors import QueryError
+from ptdeploy.templates import embeddings
 
 # A GTE-like endpoint: vectors far from unit length, paraphrases pointing alike.
 VECTORS = {

@@ -26,7 +26,13 @@ from databricks.sdk.errors.platform import (
 from databricks.sdk.mixins.open_ai_client import ServingEndpointsExt
 from databricks.sdk.service.serving import EndpointStateConfigUpdate, EndpointStateReady
 from fakes import FakeClock
-from ptdeploy.endpoints import (
+from ptdeploy.errors import (
+    EndpointConfigError,
+    EndpointError,
+    EndpointNotFoundError,
+    EndpointTimeoutError,
+)
+from ptdeploy.serving.endpoints import (
     EndpointSpec,
     GatewaySpec,
     InferenceTable,
@@ -39,13 +45,7 @@ from ptdeploy.endpoints import (
     get_endpoint,
     wait_until_ready,
 )
-from ptdeploy.errors import (
-    EndpointConfigError,
-    EndpointError,
-    EndpointNotFoundError,
-    EndpointTimeoutError,
-)
-from ptdeploy.throughput import ModelUnitsPlan, ThroughputPlan
+from ptdeploy.serving.throughput import ModelUnitsPlan, ThroughputPlan
 
 API = "/api/2.0/serving-endpoints"
 MODEL = "main.default.llama_chat"
@@ -260,7 +260,7 @@ class FakeServingApi:
 
 
 def fake_workspace(api: FakeServingApi):
-    """The ``WorkspaceClient`` surface ptdeploy.endpoints uses, over the fake HTTP layer."""
+    """The ``WorkspaceClient`` surface ptdeploy.serving.endpoints uses, over the fake HTTP layer."""
     return SimpleNamespace(
         serving_endpoints=ServingEndpointsExt(api), api_client=api, config=api._cfg
     )

@@ -7,9 +7,9 @@ import math
 import struct
 
 import pytest
-from ptdeploy import models
 from ptdeploy.errors import InvalidRequestError, ModelLoadError
 from ptdeploy.llm_tasks import TASK_CHAT, TASK_COMPLETIONS, TASK_EMBEDDINGS
+from ptdeploy.models import sources
 from ptdeploy.workspace import engine as engine_module
 from ptdeploy.workspace.engine import (
     PER_ROW,
@@ -46,13 +46,13 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def completions() -> Engine:
-    loaded = models.build_tiny_llama()
+    loaded = sources.build_tiny_llama()
     return Engine(loaded.model, loaded.tokenizer, TASK_COMPLETIONS, seed=0)
 
 
 @pytest.fixture(scope="module")
 def chat() -> Engine:
-    loaded = models.build_tiny_llama()
+    loaded = sources.build_tiny_llama()
     return Engine(loaded.model, loaded.tokenizer, TASK_CHAT, seed=0)
 
 
@@ -133,7 +133,7 @@ def test_calibration_on_this_cpu_makes_linears_batch_invariant():
     """Whatever this CPU's kernels do, the calibrated multiple keeps every row's bits."""
     import torch
 
-    loaded = models.build_tiny_llama()
+    loaded = sources.build_tiny_llama()
     multiple = calibrate_linear_rows(loaded.model, 16)
     assert multiple in (4, 8, 16, PER_ROW)
     probe = torch.Generator().manual_seed(1)  # other rows than the calibration's own
@@ -149,7 +149,7 @@ def test_calibration_on_this_cpu_makes_linears_batch_invariant():
 def test_batched_greedy_stays_identical_on_other_kernels(monkeypatch, blas, expected):
     """An AVX-512-like BLAS: the engine measures another multiple and stays invariant."""
     monkeypatch.setattr(engine_module, "_linear", blas)
-    loaded = models.build_tiny_llama()
+    loaded = sources.build_tiny_llama()
     engine = Engine(loaded.model, loaded.tokenizer, TASK_COMPLETIONS, seed=0)
     assert engine.linear_row_multiple == expected
     assert engine.batch_invariant
@@ -174,7 +174,7 @@ def test_prompts_share_a_prefill_pass_only_as_far_as_rows_keep_their_bits(monkey
     """Prompts arriving together are prefilled in one pass only up to the row count the
     engine measured safe; beyond it they are prefilled apart, and answers stay identical."""
     monkeypatch.setattr(engine_module, "_linear", _rounds_above_32_rows)
-    loaded = models.build_tiny_llama()
+    loaded = sources.build_tiny_llama()
     engine = Engine(loaded.model, loaded.tokenizer, TASK_COMPLETIONS, seed=0)
     assert 0 < engine.prefill_rows <= 32
     alone, together = _alone_and_together(engine)
@@ -223,7 +223,7 @@ def test_a_request_joins_a_running_batch_and_answers_as_alone(completions):
 
 
 def test_rows_beyond_the_batch_limit_wait_and_join_as_rows_finish():
-    loaded = models.build_tiny_llama()
+    loaded = sources.build_tiny_llama()
     engine = Engine(loaded.model, loaded.tokenizer, TASK_COMPLETIONS, seed=0, max_batch_rows=2)
     reqs = [
         greedy(p, max_tokens=m, logprobs=1) for p, m in zip(PROMPTS, (12, 2, 7, 3, 5), strict=True)
@@ -507,7 +507,7 @@ def test_chat_batched_equals_unbatched(chat):
 @pytest.mark.slow
 def test_smollm2_greedy_batched_equals_unbatched_and_knows_paris():
     """The real 30-layer model (grouped-query attention): same invariance, sensible answer."""
-    loaded = models.load_model("smollm2-135m-instruct")
+    loaded = sources.load_model("smollm2-135m-instruct")
     engine = Engine(loaded.model, loaded.tokenizer, TASK_CHAT, seed=0)
     assert engine.batch_invariant
     questions = ["What is the capital of France?", "Name a color.", "What is Apache Spark?"]
@@ -522,7 +522,7 @@ def test_smollm2_greedy_batched_equals_unbatched_and_knows_paris():
 
 
 def test_engine_refuses_a_chat_model_without_template():
-    loaded = models.build_tiny_llama()
+    loaded = sources.build_tiny_llama()
     loaded.tokenizer.chat_template = None
     with pytest.raises(ModelLoadError, match="no chat template"):
         Engine(loaded.model, loaded.tokenizer, TASK_CHAT)
@@ -587,7 +587,7 @@ def test_minilm_embeddings_match_sentence_transformers_pooling(minilm):
     resp = minilm.embed({"input": SENTENCES})
     got = torch.tensor([d["embedding"] for d in resp["data"]])
     # by hand, from the packaged model: mean over real tokens, then L2 normalisation
-    path = models.minilm_dir()
+    path = sources.minilm_dir()
     tok, model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
     enc = tok(SENTENCES, padding=True, return_tensors="pt")
     with torch.no_grad():
@@ -656,8 +656,8 @@ def test_pooling_modes():
     )
     with pytest.raises(ModelLoadError, match="not supported"):
         Engine(
-            models.build_tiny_llama().model,
-            models.build_tiny_llama().tokenizer,
+            sources.build_tiny_llama().model,
+            sources.build_tiny_llama().tokenizer,
             TASK_EMBEDDINGS,
             {"mode": "weird"},
         )

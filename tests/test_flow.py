@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from ptdeploy import dbutils as offline
-from ptdeploy import flow, specs
 from ptdeploy.errors import SecretNotFoundError
-from ptdeploy.parameters import Params
+from ptdeploy.templates import dbutils as offline
+from ptdeploy.templates import flow, specs
+from ptdeploy.templates.parameters import Params
 
 
 def _params(**overrides):
@@ -63,7 +63,7 @@ def test_the_token_comes_from_the_secret_on_databricks(no_token, tmp_path, monke
     offline.put_secret("ptdeploy", "hf_token", "hf_x", path)
     dbutils = offline.OfflineDbutils()
     dbutils.secrets = offline.Secrets(path)
-    monkeypatch.setattr("ptdeploy.parameters._ipython", lambda: None)
+    monkeypatch.setattr("ptdeploy.templates.parameters._ipython", lambda: None)
     flow.require_hub_token(_params(), {"dbutils": dbutils})
     import os
 

@@ -11,12 +11,14 @@ from typing import Any
 import pytest
 from databricks.sdk.errors import BadRequest, NotFound
 from fakes import Catalog, ReadyWorker
-from ptdeploy import flow, gateway, inference_tables, registry, specs
-from ptdeploy.endpoints import EndpointSpec, GatewaySpec, InferenceTable, create_or_update
 from ptdeploy.errors import ParameterError, PromotionError
+from ptdeploy.models import registry
 from ptdeploy.names import USAGE_TABLE
-from ptdeploy.parameters import Params
-from ptdeploy.throughput import ThroughputPlan
+from ptdeploy.serving import gateway, inference_tables
+from ptdeploy.serving.endpoints import EndpointSpec, GatewaySpec, InferenceTable, create_or_update
+from ptdeploy.serving.throughput import ThroughputPlan
+from ptdeploy.templates import flow, specs
+from ptdeploy.templates.parameters import Params
 
 MODEL = "main.default.gw_model"
 

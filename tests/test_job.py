@@ -6,8 +6,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from ptdeploy import cli, job
+from ptdeploy import cli
 from ptdeploy.errors import JobDefinitionError, ParameterError
+from ptdeploy.templates import job
 
 REPO = Path(__file__).resolve().parents[1]
 TEMPLATES = sorted(p.name.removesuffix(".job.yml") for p in (REPO / "resources").glob("*.job.yml"))
@@ -84,7 +85,7 @@ def test_the_cli_refuses_an_unknown_job_and_points_databricks_runs_to_the_cli(ca
 
 
 def test_steps_as_a_job_parameter_is_refused(tmp_path):
-    from ptdeploy import bundle
+    from ptdeploy.templates import bundle
 
     for name in ("notebooks", "resources"):
         shutil.copytree(REPO / name, tmp_path / name)

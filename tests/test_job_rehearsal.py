@@ -9,8 +9,10 @@ from pathlib import Path
 import mlflow
 import nbformat
 import pytest
-from ptdeploy import job, registry, specs, targets
-from ptdeploy.notebook import read_summary
+from ptdeploy import targets
+from ptdeploy.models import registry
+from ptdeploy.templates import job, specs
+from ptdeploy.templates.notebook import read_summary
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 import requests
-from ptdeploy import cli, lab
+from ptdeploy import cli
 from ptdeploy.errors import ParameterError
+from ptdeploy.templates import lab
 
 REPO = Path(__file__).resolve().parents[1]
 

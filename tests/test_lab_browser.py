@@ -34,7 +34,7 @@ TIMINGS: dict[str, float] = {}
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    from ptdeploy import lab as lab_module
+    from ptdeploy.templates import lab as lab_module
 
     if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
         pytest.fail(
@@ -235,7 +235,7 @@ def test_widgets_render_from_the_spec_and_an_edit_drives_the_run(lab, browser):
 
 def test_an_invalid_value_is_shown_next_to_its_widget_and_stops_the_run(lab, browser):
     from ptdeploy.errors import ParameterError
-    from ptdeploy.runner import resolve_parameters
+    from ptdeploy.templates.runner import resolve_parameters
 
     with pytest.raises(ParameterError) as cli_error:  # what `ptdeploy run -p max_tokens 0` says
         resolve_parameters(

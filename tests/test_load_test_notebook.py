@@ -8,10 +8,11 @@ from types import SimpleNamespace
 
 import nbformat
 import pytest
-from ptdeploy import flow, job, loadtest, runner, specs
+from ptdeploy.capacity import loadtest
 from ptdeploy.errors import EndpointNotFoundError, ParameterError
-from ptdeploy.notebook import read_summary
-from ptdeploy.parameters import Params
+from ptdeploy.templates import flow, job, runner, specs
+from ptdeploy.templates.notebook import read_summary
+from ptdeploy.templates.parameters import Params
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "load_test_endpoint.ipynb"

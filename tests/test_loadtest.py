@@ -23,9 +23,10 @@ from databricks.sdk import WorkspaceClient
 from databricks.sdk.errors.platform import NotFound, TooManyRequests
 from databricks.sdk.service.serving import ServingEndpointDetailed
 from fakes import FakeClock
-from ptdeploy import cli, loadtest
+from ptdeploy import cli
+from ptdeploy.capacity import loadtest
+from ptdeploy.capacity.loadtest import Task, percentile, run_load_test
 from ptdeploy.errors import EndpointError, InvalidRequestError, ParameterError
-from ptdeploy.loadtest import Task, percentile, run_load_test
 
 ENDPOINTS = {"ep": "llm/v1/completions", "ep-chat": "llm/v1/chat"}
 ENDPOINTS["ep-embed"] = "llm/v1/embeddings"

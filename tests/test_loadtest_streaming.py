@@ -12,7 +12,7 @@ from typing import Any
 import fakes
 import pytest
 from databricks.sdk import WorkspaceClient
-from ptdeploy import loadtest, plots
+from ptdeploy.capacity import loadtest, plots
 from ptdeploy.errors import ParameterError
 
 FIRST_DELAY, GAP, PIECES = 0.15, 0.05, 5

@@ -7,13 +7,14 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from ptdeploy import model_logging, models, targets
+from ptdeploy import targets
 from ptdeploy.errors import ModelLoggingError
+from ptdeploy.models import model_logging, sources
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    return models.build_tiny_llama()
+    return sources.build_tiny_llama()
 
 
 def _run_count():
@@ -34,7 +35,7 @@ def test_embeddings_task_on_causal_lm_is_refused_before_logging(tiny):
 
 
 def test_chat_task_on_encoder_is_refused():
-    enc = models.load_model("all-minilm-l6-v2")
+    enc = sources.load_model("all-minilm-l6-v2")
     with pytest.raises(ModelLoggingError, match="encoder"):
         model_logging.check_task(enc, "llm/v1/chat")
 
@@ -47,7 +48,7 @@ def test_save_pretrained_false_needs_a_hub_model(tiny):
 
 
 def test_embedding_model_type_required_and_checked():
-    enc = models.load_model("all-minilm-l6-v2")
+    enc = sources.load_model("all-minilm-l6-v2")
     with pytest.raises(ModelLoggingError, match="need metadata model_type"):
         model_logging.build_metadata(enc, "llm/v1/embeddings", None, None)
     with pytest.raises(ModelLoggingError, match="model_type='e5-large' is not valid"):
@@ -97,7 +98,7 @@ def notices():
 def test_logging_an_offline_model_is_quiet_and_records_its_license(notices):
     """No model-card lookup on a model that is not on the hub, no license warning for a
     model whose license is known, no generation-flag or BPE clean-up notices."""
-    loaded = models.build_tiny_llama(seed=3)
+    loaded = sources.build_tiny_llama(seed=3)
     assert loaded.tokenizer.clean_up_tokenization_spaces is False  # byte-level BPE
     targets.configure_mlflow("local")
     logged = model_logging.log_model(loaded, task="llm/v1/completions")
@@ -108,10 +109,10 @@ def test_logging_an_offline_model_is_quiet_and_records_its_license(notices):
 
 
 def test_a_local_directory_without_a_card_is_not_looked_up_on_the_hub(tmp_path, notices):
-    tiny = models.build_tiny_llama(seed=4)
+    tiny = sources.build_tiny_llama(seed=4)
     tiny.model.save_pretrained(tmp_path)
     tiny.tokenizer.save_pretrained(tmp_path)
-    loaded = models.load_model(str(tmp_path))
+    loaded = sources.load_model(str(tmp_path))
     card = model_logging.model_card(loaded)
     assert card.data.license == "other"  # unknown: MLflow rightly asks to check it
     targets.configure_mlflow("local")

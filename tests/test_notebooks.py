@@ -10,7 +10,7 @@ import nbformat
 import pytest
 import yaml
 from papermill.inspection import inspect_notebook
-from ptdeploy import runner, specs
+from ptdeploy.templates import runner, specs
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
@@ -145,7 +145,7 @@ def test_llama_notebook_chat_task_with_gateway_then_a_canary_promoted(tmp_path):
     """task=llm/v1/chat through the template on tiny-llama, with usage tracking and an
     inference table; then a second version as a 50% canary next to the champion, smoke-tested
     and promoted: all traffic and the champion alias move to it."""
-    from ptdeploy import inference_tables
+    from ptdeploy.serving import inference_tables
 
     nb = REPO / "notebooks" / "llama_completions.ipynb"
     params = REPO / "parameters" / "llama_completions" / "local.yaml"
@@ -298,7 +298,7 @@ def _registered_names() -> set[str]:
 
 def _start_with_cell_defaults(notebook: str, spec, **overrides):
     """``flow.start`` in this process on the notebook's own parameters cell (no kernel)."""
-    from ptdeploy import flow
+    from ptdeploy.templates import flow
 
     nb = nbformat.read(REPO / "notebooks" / f"{notebook}.ipynb", as_version=4)
     cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
@@ -310,8 +310,8 @@ def _start_with_cell_defaults(notebook: str, spec, **overrides):
 
 def test_embedding_template_refuses_a_causal_lm():
     """An embedding deployment of a chat/causal model fails before anything is logged."""
-    from ptdeploy import embeddings, flow
     from ptdeploy.errors import ModelLoggingError
+    from ptdeploy.templates import embeddings, flow
 
     p = _start_with_cell_defaults(
         "gte_embeddings", specs.GTE_EMBEDDINGS, model_source="tiny-llama", model_name="nb_wrong"
@@ -327,8 +327,8 @@ def test_embedding_template_refuses_a_causal_lm():
 
 def test_chat_template_refuses_an_embedding_model():
     """The reverse: a chat (llm/v1/chat) deployment of an encoder fails before logging."""
-    from ptdeploy import flow, reasoning
     from ptdeploy.errors import ModelLoggingError
+    from ptdeploy.templates import flow, reasoning
 
     p = _start_with_cell_defaults(
         "deepseek_r1_distill_llama",

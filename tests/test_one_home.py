@@ -86,7 +86,7 @@ def test_task_names_are_written_once(task):
 def test_job_steps_are_written_once(step):
     # the CLI's subcommand named "deploy" is a command, not the job step
     homes = [p for p in _homes_of_literal(step) if p != "cli.py"]
-    assert homes == ["notebook.py"]
+    assert homes == ["templates/notebook.py"]
 
 
 @pytest.mark.parametrize(
@@ -96,12 +96,12 @@ def test_job_steps_are_written_once(step):
         ("EMBEDDING_MODEL_TYPES", "llm_tasks.py"),
         ("EMBEDDING_FAMILIES", "llm_tasks.py"),
         ("logged_task", "llm_tasks.py"),
-        ("STEPS", "notebook.py"),
-        ("JOB_TASKS", "notebook.py"),
+        ("STEPS", "templates/notebook.py"),
+        ("JOB_TASKS", "templates/notebook.py"),
         ("check_endpoint_name", "names.py"),
         ("check_served_entity_name", "names.py"),
         ("default_served_entity_name", "names.py"),
-        ("version_list", "registry.py"),
+        ("version_list", "errors.py"),
         ("not_valid", "errors.py"),
         ("MAX_N", "limits.py"),
         ("ENDPOINT_NAME_PATTERN", "limits.py"),
@@ -118,7 +118,7 @@ def test_the_mlmodel_task_is_read_in_one_place():
 
 
 def test_version_listings_go_through_one_helper():
-    # "existing versions: 1, 2, 10" is written by registry.version_list only
+    # "existing versions: 1, 2, 10" is written by errors.version_list only
     listing = re.compile(r"sorted\(\s*\(?\s*(int\(|str\()?v\.version\)?\s+for v in [^\n]*")
     sorts = [
         f"{p}: {m.group()}"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import fakes
 import pytest
 from ptdeploy.errors import ModelVersionNotFoundError, NotOptimizableError, PtdeployError
-from ptdeploy.optimization import (
+from ptdeploy.serving.optimization import (
     OptimizationInfo,
     ProvisioningPath,
     get_optimization_info,

@@ -4,10 +4,10 @@ parameter, unknown names refused, papermill's injected cell detected."""
 from __future__ import annotations
 
 import pytest
-from ptdeploy import parameters
 from ptdeploy.errors import ParameterError
-from ptdeploy.parameters import Param, ParameterSpec
-from ptdeploy.specs import LLAMA_COMPLETIONS
+from ptdeploy.templates import parameters
+from ptdeploy.templates.parameters import Param, ParameterSpec
+from ptdeploy.templates.specs import LLAMA_COMPLETIONS
 
 SPEC = ParameterSpec(
     notebook="demo",
@@ -149,7 +149,7 @@ def test_uc_names_checked_in_parameters():
 def job_dbutils(job_params: dict[str, str]):
     """ptdeploy's Databricks-faithful offline dbutils, in a job run passing ``job_params``
     (they override the widgets of the same name, as on Databricks)."""
-    from ptdeploy.dbutils import OfflineDbutils, TaskContext
+    from ptdeploy.templates.dbutils import OfflineDbutils, TaskContext
 
     return OfflineDbutils(TaskContext(task_key="deploy", parameters=job_params))
 

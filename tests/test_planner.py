@@ -5,14 +5,14 @@ from __future__ import annotations
 import math
 
 import pytest
-from ptdeploy.errors import ParameterError, PtdeployError, ThroughputError
-from ptdeploy.planner import (
+from ptdeploy.capacity.planner import (
     CapacityPlan,
     Verdict,
     Workload,
     assess_provisioning,
     plan_capacity,
 )
+from ptdeploy.errors import ParameterError, PtdeployError, ThroughputError
 
 
 def test_documented_recipe_two_and_three_chunks():
@@ -128,7 +128,7 @@ def test_forced_no_scale_to_zero_keeps_one_chunk():
 )
 def test_plans_are_accepted_by_the_deployment_validation(workload, scale_to_zero):
     plan = plan_capacity(workload, chunk_size=980, scale_to_zero=scale_to_zero)
-    deployable = plan.throughput_plan()  # ptdeploy.throughput validates the values
+    deployable = plan.throughput_plan()  # ptdeploy.serving.throughput validates the values
     assert deployable.served_entity_kwargs() == plan.served_entity_fields()
 
 

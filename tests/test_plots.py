@@ -10,8 +10,8 @@ import pytest
 matplotlib.use("Agg")
 
 from matplotlib.figure import Figure  # noqa: E402
-from ptdeploy import plots  # noqa: E402
-from ptdeploy.loadtest import LevelResult  # noqa: E402
+from ptdeploy.capacity import plots  # noqa: E402
+from ptdeploy.capacity.loadtest import LevelResult  # noqa: E402
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

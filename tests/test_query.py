@@ -17,7 +17,7 @@ from databricks.sdk import WorkspaceClient
 from databricks.sdk.service.serving import ChatMessage, ChatMessageRole, QueryEndpointResponse
 from ptdeploy.errors import EndpointNotFoundError, InvalidRequestError, PtdeployError, QueryError
 from ptdeploy.limits import MAX_N
-from ptdeploy.query import (
+from ptdeploy.serving.query import (
     Reasoned,
     chat,
     complete,
@@ -155,7 +155,7 @@ def test_complete_several_prompts_and_candidates_in_index_order(w):
 
 
 def test_sdk_query_loses_finish_reason():
-    """Why complete/chat do not parse through the SDK (see ptdeploy.query's docstring)."""
+    """Why complete/chat do not parse through the SDK (see ptdeploy.serving.query's docstring)."""
     parsed = QueryEndpointResponse.from_dict(
         {"choices": [{"index": 0, "text": "x", "finish_reason": "stop"}]}
     )
@@ -203,7 +203,7 @@ def test_chat_without_logprobs_and_sdk_messages(api, w):
 
 
 def test_chat_content_blocks_with_reasoning():
-    from ptdeploy.query import _content_text
+    from ptdeploy.serving.query import _content_text
 
     text, reasoning = _content_text(
         [

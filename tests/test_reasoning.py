@@ -7,8 +7,10 @@ import copy
 
 import fakes
 import pytest
-from ptdeploy import models, reasoning, registry, targets
+from ptdeploy import targets
 from ptdeploy.errors import QueryError
+from ptdeploy.models import model_logging, registry, sources
+from ptdeploy.templates import reasoning
 
 # The shape of DeepSeek-R1-Distill-Llama's template: no system prompt needed, and the
 # generation prompt opens the reasoning block.
@@ -21,7 +23,7 @@ R1_TEMPLATE = (
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return models.build_tiny_tokenizer()
+    return sources.build_tiny_tokenizer()
 
 
 @pytest.fixture
@@ -45,8 +47,8 @@ def test_render_prompt_shows_what_the_model_sees(tokenizer, r1_tokenizer):
 
 
 def test_template_opens_think(tokenizer, r1_tokenizer):
-    assert reasoning.template_opens_think(r1_tokenizer) is True
-    assert reasoning.template_opens_think(tokenizer) is False
+    assert model_logging.template_opens_think(r1_tokenizer) is True
+    assert model_logging.template_opens_think(tokenizer) is False
 
 
 def test_no_chat_template_is_refused(tokenizer):
@@ -62,12 +64,12 @@ def test_the_template_is_recorded_on_the_registered_version(registered_tiny_chat
     name, version = registered_tiny_chat
     rv = registry.RegisteredVersion(name, version, None, f"models:/{name}/{version}", "")
     try:
-        assert reasoning.record_template(rv, r1_tokenizer) is True
-        assert reasoning.recorded_opens_think(name, version) is True
+        assert model_logging.record_template(rv, r1_tokenizer) is True
+        assert model_logging.recorded_opens_think(name, version) is True
     finally:
-        reasoning.record_template(rv, models.build_tiny_tokenizer())
-    assert reasoning.recorded_opens_think(name, version) is False
-    assert reasoning.recorded_opens_think(name, "999") is False  # no such version: no tag
+        model_logging.record_template(rv, sources.build_tiny_tokenizer())
+    assert model_logging.recorded_opens_think(name, version) is False
+    assert model_logging.recorded_opens_think(name, "999") is False  # no such version: no tag
 
 
 def r1_reply(task, body):

@@ -5,14 +5,15 @@ from __future__ import annotations
 import mlflow
 import pytest
 from fakes import FakeClock
-from ptdeploy import model_logging, models, registry, targets
+from ptdeploy import targets
 from ptdeploy.errors import RegistryError
+from ptdeploy.models import model_logging, registry, sources
 
 
 @pytest.fixture(scope="module")
 def logged():
     targets.configure_mlflow("local")
-    return model_logging.log_model(models.build_tiny_llama(), task="llm/v1/completions")
+    return model_logging.log_model(sources.build_tiny_llama(), task="llm/v1/completions")
 
 
 def test_register_twice_gives_version_2_and_moves_the_alias(logged):

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from ptdeploy import cli, runner
+from ptdeploy import cli
 from ptdeploy.errors import ParameterError, PtdeployError
+from ptdeploy.templates import runner
 
 REPO = Path(__file__).resolve().parents[1]
 NB = REPO / "notebooks" / "llama_completions.ipynb"
@@ -74,8 +75,8 @@ def _notebook(path: Path, params: str, *code: str) -> None:
 @pytest.fixture
 def tiny_templates(tmp_path, monkeypatch):
     """Two throwaway templates (one fails in its third cell) with their specs and files."""
-    from ptdeploy import specs
-    from ptdeploy.parameters import Param, ParameterSpec
+    from ptdeploy.templates import specs
+    from ptdeploy.templates.parameters import Param, ParameterSpec
 
     notebooks, parameters = tmp_path / "notebooks", tmp_path / "parameters"
     notebooks.mkdir()

@@ -6,8 +6,9 @@ import socket
 import threading
 
 import pytest
-from ptdeploy import runner, targets
+from ptdeploy import targets
 from ptdeploy.errors import AuthError, PtdeployError
+from ptdeploy.templates import runner
 
 
 @pytest.fixture

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from databricks.sdk.service.serving import ServedEntityInput
 from ptdeploy.errors import NotOptimizableError, ThroughputError
-from ptdeploy.optimization import OptimizationInfo
-from ptdeploy.throughput import ModelUnitsPlan, ThroughputPlan, plan_from_info
+from ptdeploy.serving.optimization import OptimizationInfo
+from ptdeploy.serving.throughput import ModelUnitsPlan, ThroughputPlan, plan_from_info
 
 CHUNK = 980
 

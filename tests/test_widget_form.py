@@ -6,10 +6,10 @@ from __future__ import annotations
 import html
 
 import pytest
-from ptdeploy import parameters
 from ptdeploy.errors import ParameterError
-from ptdeploy.runner import resolve_parameters
-from ptdeploy.specs import LLAMA_COMPLETIONS
+from ptdeploy.templates import parameters
+from ptdeploy.templates.runner import resolve_parameters
+from ptdeploy.templates.specs import LLAMA_COMPLETIONS
 
 from tests.test_parameters import _namespace
 

@@ -422,7 +422,7 @@ def test_requests_stream_reads_server_sent_events(ws, completions_ep):
 
 
 def test_query_stream_helpers(w, chat_ep, completions_ep):
-    from ptdeploy import query
+    from ptdeploy.serving import query
 
     deltas = list(query.stream_chat(w, chat_ep, [{"role": "user", "content": "hi"}], 10))
     whole = query.chat(w, chat_ep, [{"role": "user", "content": "hi"}], 10)

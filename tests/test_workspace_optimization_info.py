@@ -97,7 +97,7 @@ def test_not_optimizable_answers_only_false_and_keeps_the_reason(mlmodel, why):
 
 
 def test_parameter_estimate_from_config_is_close_to_the_real_count():
-    from ptdeploy.models import build_tiny_llama
+    from ptdeploy.models.sources import build_tiny_llama
 
     loaded = build_tiny_llama()
     real = sum(p.numel() for p in loaded.model.parameters())

@@ -12,8 +12,8 @@ import pytest
 from databricks.sdk import WorkspaceClient
 from fakes import TOKEN, Catalog, ReadyWorker
 from ptdeploy import limits
-from ptdeploy.endpoints import EndpointSpec, create_or_update
-from ptdeploy.throughput import ThroughputPlan
+from ptdeploy.serving.endpoints import EndpointSpec, create_or_update
+from ptdeploy.serving.throughput import ThroughputPlan
 from ptdeploy.workspace import store as st
 from ptdeploy.workspace.app import create_app
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from ptdeploy.errors import JobDefinitionError, ParameterError, PtdeployError, WorkspaceError
 
 if TYPE_CHECKING:
-    from ptdeploy.loadtest import Task
+    from ptdeploy.capacity.loadtest import Task
 
 # subcommand -> one-line help; each has configure_<name>_parser and run_<name> below
 SUBCOMMANDS: dict[str, str] = {
@@ -84,8 +84,8 @@ def configure_lab_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run_lab(args: argparse.Namespace) -> int:
-    from ptdeploy import lab
     from ptdeploy.errors import PtdeployError
+    from ptdeploy.templates import lab
 
     try:
         return lab.serve(
@@ -104,8 +104,8 @@ def run_lab(args: argparse.Namespace) -> int:
 
 def configure_plan_parser(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``ptdeploy plan``: a workload, the chunk size and, optionally, prices."""
-    from ptdeploy.cost import PRICING_SOURCES
-    from ptdeploy.planner import DEFAULT_HEADROOM
+    from ptdeploy.capacity.cost import PRICING_SOURCES
+    from ptdeploy.capacity.planner import DEFAULT_HEADROOM
 
     parser.add_argument(
         "--peak-rps",
@@ -164,9 +164,9 @@ def configure_plan_parser(parser: argparse.ArgumentParser) -> None:
 
 def run_plan(args: argparse.Namespace) -> int:
     """``ptdeploy plan``: print the planner's arithmetic and proposal (and cost); 2 on bad input."""
-    from ptdeploy.cost import pricing_from
+    from ptdeploy.capacity.cost import pricing_from
+    from ptdeploy.capacity.planner import Workload, plan_capacity
     from ptdeploy.errors import PtdeployError
-    from ptdeploy.planner import Workload, plan_capacity
 
     try:
         plan = plan_capacity(
@@ -208,8 +208,8 @@ def configure_cleanup_parser(parser: argparse.ArgumentParser) -> None:
 
 def run_cleanup(args: argparse.Namespace, *, client: object = None, ask=input) -> int:
     """``ptdeploy cleanup``: 0 done (or listed), 1 declined, 2 nothing matched or bad input."""
-    from ptdeploy import cleanup
     from ptdeploy.errors import PtdeployError
+    from ptdeploy.serving import cleanup
 
     try:
         from ptdeploy import targets
@@ -256,7 +256,7 @@ def run_cleanup(args: argparse.Namespace, *, client: object = None, ask=input) -
 
 
 def _concurrency_arg(text: str) -> tuple[int, ...]:
-    from ptdeploy import loadtest
+    from ptdeploy.capacity import loadtest
 
     try:
         return loadtest.check_concurrency(tuple(int(p) for p in text.split(",")))
@@ -269,7 +269,7 @@ def _concurrency_arg(text: str) -> tuple[int, ...]:
 
 def int_arg(low: int, high: int | None = None) -> Callable[[str], int]:
     """An argparse ``type``: a whole number in range, or a message saying what is valid."""
-    from ptdeploy import loadtest
+    from ptdeploy.capacity import loadtest
 
     def parse(text: str) -> int:
         try:
@@ -287,7 +287,7 @@ def float_arg(
     low: float, high: float | None = None, *, strict: bool = False
 ) -> Callable[[str], float]:
     """An argparse ``type``: a finite number in range (``strict``: above ``low``)."""
-    from ptdeploy import loadtest
+    from ptdeploy.capacity import loadtest
 
     def parse(text: str) -> float:
         try:
@@ -301,7 +301,7 @@ def float_arg(
 
 
 def _task_arg(text: str) -> Task:
-    from ptdeploy import loadtest
+    from ptdeploy.capacity import loadtest
 
     try:
         return loadtest.parse_task(text)
@@ -414,7 +414,7 @@ def _workspace_options(parser: argparse.ArgumentParser) -> None:
 
 
 def run_run(args: argparse.Namespace) -> int:
-    from ptdeploy import runner
+    from ptdeploy.templates import runner
 
     try:
         result = runner.run_notebook(
@@ -468,7 +468,7 @@ def configure_run_all_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run_run_all(args: argparse.Namespace) -> int:
-    from ptdeploy import runner
+    from ptdeploy.templates import runner
 
     try:
         results = runner.run_all(
@@ -497,7 +497,7 @@ def run_run_all(args: argparse.Namespace) -> int:
 
 def configure_loadtest_parser(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``ptdeploy loadtest``."""
-    from ptdeploy import loadtest
+    from ptdeploy.capacity import loadtest
 
     parser.add_argument("endpoint", metavar="ENDPOINT", help="serving endpoint name")
     parser.add_argument(
@@ -581,7 +581,7 @@ def run_loadtest(args: argparse.Namespace, *, client: Any = None) -> int:
     ``client`` replaces the workspace client (tests); by default it comes from
     ``ptdeploy.targets.workspace_client(args.target, profile=args.profile)``.
     """
-    from ptdeploy import loadtest
+    from ptdeploy.capacity import loadtest
 
     out = args.out or Path("loadtest") / f"{args.endpoint}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
     try:
@@ -615,7 +615,7 @@ def run_loadtest(args: argparse.Namespace, *, client: Any = None) -> int:
         import matplotlib
 
         matplotlib.use("Agg")  # a command line never opens windows
-        from ptdeploy import plots
+        from ptdeploy.capacity import plots
 
         plots.save_figures(result, out)
     print(f"results written to {out}")
@@ -638,7 +638,7 @@ def configure_bundle_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run_bundle(args: argparse.Namespace) -> int:
-    from ptdeploy import bundle
+    from ptdeploy.templates import bundle
 
     try:
         if args.check:
@@ -680,7 +680,7 @@ def configure_job_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run_job(args: argparse.Namespace) -> int:
-    from ptdeploy import job
+    from ptdeploy.templates import job
 
     if args.target == "databricks":
         print(
@@ -726,7 +726,7 @@ def configure_secrets_parser(parser: Any) -> None:
 
 
 def run_secrets(args: Any) -> int:
-    from ptdeploy import dbutils
+    from ptdeploy.templates import dbutils
 
     if args.secrets_command == "put":
         import getpass

@@ -8,6 +8,9 @@ the offline ``dbutils`` loads it by path in a kernel where ptdeploy is not insta
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 
 def not_valid(field: str, value: object, expected: str) -> str:
     """The one grammar of a refused value: ``field=value is not valid: expected ...``.
@@ -162,3 +165,14 @@ class PromotionError(PtdeployError):
 
 class BatchError(PtdeployError):
     """A batch inference run left rows unanswered, or failed rows when told to fail."""
+
+
+def version_list(versions: Iterable[Any]) -> str:
+    """Registered versions (MLflow ``ModelVersion`` objects or numbers) as ``"1, 2, 10"``
+    in numeric order, ``"none"`` when empty: the one listing every "no such version"
+    message shows (the client's and the local workspace's)."""
+    numbers = sorted(
+        (str(getattr(v, "version", v)) for v in versions),
+        key=lambda n: int(n) if n.isdigit() else 0,
+    )
+    return ", ".join(numbers) or "none"

@@ -89,10 +89,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ptdeploy.errors import InvalidRequestError, ModelLoadError
+from ptdeploy.errors import InvalidRequestError, ModelLoadError, version_list
 from ptdeploy.llm_tasks import TASK_CHAT, TASK_COMPLETIONS, TASK_EMBEDDINGS, TASKS, logged_task
 from ptdeploy.pooling import DEFAULT_POOLING, POOLING_MODES, pool
-from ptdeploy.registry import version_list
 from ptdeploy.workspace.schemas import (
     DEFAULT_MAX_TOKENS,
     ChatRequest,

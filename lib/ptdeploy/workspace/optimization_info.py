@@ -49,9 +49,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from ptdeploy.errors import ModelVersionNotFoundError
+from ptdeploy.errors import ModelVersionNotFoundError, version_list
 from ptdeploy.llm_tasks import TASK_EMBEDDINGS, TASKS, embedding_family, logged_task
-from ptdeploy.registry import version_list
 
 # architecture (config.architectures / pipeline_model_type) -> model_type answered
 CAUSAL_FAMILIES: dict[str, str] = {

@@ -19,7 +19,7 @@ On Databricks, an endpoint whose AI Gateway has
 
 Locally each table is a JSON-lines file ``<state>/workspace/tables/<table name>.jsonl``,
 one row per request, appended as the request is answered (Databricks fills its Delta
-tables within the hour). ``ptdeploy.inference_tables`` reads them back as DataFrames.
+tables within the hour). ``ptdeploy.serving.inference_tables`` reads them back as DataFrames.
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""Batch inference: ai_query over tables with Spark."""

@@ -1,0 +1,1 @@
+"""Models: their sources, MLflow logging, the registry, Unity Catalog and system.ai, smoke tests of a registered model."""

@@ -1,0 +1,1 @@
+"""Serving on Databricks: optimization info, provisioned-throughput values, endpoints, queries, cleanup."""
