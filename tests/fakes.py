@@ -147,3 +147,16 @@ class RequestLog:
             auth = headers.get(b"authorization", b"").decode()
             self.requests.append((scope["method"], scope["path"], auth))
         await self.app(scope, receive, send)
+
+
+# The template parameters of the AI Gateway, tags and canary, all off: what a parameters
+# cell that predates them means (specs.GATEWAY).
+GATEWAY_OFF: dict[str, Any] = {
+    "usage_tracking": False,
+    "inference_table_catalog": "",
+    "inference_table_schema": "",
+    "inference_table_prefix": "",
+    "rate_limit_calls_per_minute": "",
+    "tags": "",
+    "canary_percent": 0,
+}

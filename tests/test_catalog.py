@@ -3,6 +3,7 @@ list what exists, the task of a registered version, and the seeded local system.
 
 from __future__ import annotations
 
+import fakes
 import pytest
 from ptdeploy import targets
 from ptdeploy.errors import ModelVersionNotFoundError, NotOptimizableError, ParameterError
@@ -77,13 +78,7 @@ def _params(**values) -> Params:
         "prompt": "Hi",
         "max_tokens": 4,
         "teardown": False,
-        "usage_tracking": False,
-        "inference_table_catalog": "",
-        "inference_table_schema": "",
-        "inference_table_prefix": "",
-        "rate_limit_calls_per_minute": "",
-        "tags": "",
-        "canary_percent": 0,
+        **fakes.GATEWAY_OFF,
         "target": "local",
         "steps": "all",
     }
@@ -197,7 +192,7 @@ def test_resolve_by_step_hands_the_version_over(registered_tiny_completions, mon
 
     name, version = registered_tiny_completions
     handed: dict = {}
-    monkeypatch.setattr(catalog, "set_task_values", lambda values: handed.update(values))
+    monkeypatch.setattr(unity_catalog, "set_task_values", lambda values: handed.update(values))
     w = targets.workspace_client("local")
     catalog_, schema, model = name.split(".")
     base = {"catalog": catalog_, "schema": schema, "model_name": model}
@@ -212,7 +207,7 @@ def test_resolve_by_step_hands_the_version_over(registered_tiny_completions, mon
         asked.append((task_key, key))
         return version
 
-    monkeypatch.setattr(catalog, "get_task_value", task_value)
+    monkeypatch.setattr(unity_catalog, "get_task_value", task_value)
     handed.clear()
     assert unity_catalog.resolve(_params(**base, steps="smoke_test"), w).version == version
     assert asked == [("register", "model_version")]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fakes
 import pytest
 from ptdeploy.errors import SecretNotFoundError
 from ptdeploy.templates import dbutils as offline
@@ -28,13 +29,7 @@ def _params(**overrides):
         "max_tokens": 4,
         "expect": "",
         "teardown": False,
-        "usage_tracking": False,
-        "inference_table_catalog": "",
-        "inference_table_schema": "",
-        "inference_table_prefix": "",
-        "rate_limit_calls_per_minute": "",
-        "tags": "",
-        "canary_percent": 0,
+        **fakes.GATEWAY_OFF,
         "target": "databricks",
         "steps": "register",
     }

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import fakes
 import pytest
 from databricks.sdk.errors import BadRequest, NotFound
 from fakes import Catalog, ReadyWorker
@@ -42,13 +43,7 @@ def _values(**overrides: Any) -> dict[str, Any]:
         "max_tokens": 4,
         "expect": "",
         "teardown": False,
-        "usage_tracking": False,
-        "inference_table_catalog": "",
-        "inference_table_schema": "",
-        "inference_table_prefix": "",
-        "rate_limit_calls_per_minute": "",
-        "tags": "",
-        "canary_percent": 0,
+        **fakes.GATEWAY_OFF,
         "target": "local",
         "steps": "all",
     }

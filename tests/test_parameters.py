@@ -3,6 +3,7 @@ parameter, unknown names refused, papermill's injected cell detected."""
 
 from __future__ import annotations
 
+import fakes
 import pytest
 from ptdeploy.errors import ParameterError
 from ptdeploy.templates import parameters
@@ -103,13 +104,7 @@ def _namespace(**overrides):
         "max_tokens": 4,
         "expect": "",
         "teardown": False,
-        "usage_tracking": False,
-        "inference_table_catalog": "",
-        "inference_table_schema": "",
-        "inference_table_prefix": "",
-        "rate_limit_calls_per_minute": "",
-        "tags": "",
-        "canary_percent": 0,
+        **fakes.GATEWAY_OFF,
         "target": "local",
         "steps": "all",
     }

@@ -217,13 +217,14 @@ def test_killed_worker_under_load_serves_again_by_itself(registered_tiny_complet
         ).is_success
         wait_ready(client)
         body = {"prompt": "The capital of France is", "max_tokens": 4, "temperature": 0}
-        statuses: list[int] = []
+        answers: list[tuple[float, int]] = []  # (sent at, status)
         stop = threading.Event()
 
         def load() -> None:
             while not stop.is_set():
+                sent = time.monotonic()
                 r = client.post("/serving-endpoints/heal/invocations", json=body)
-                statuses.append(r.status_code)
+                answers.append((sent, r.status_code))
                 if r.status_code == 503:
                     assert r.json()["error_code"] == "TEMPORARILY_UNAVAILABLE"
                     time.sleep(0.05)
@@ -239,13 +240,18 @@ def test_killed_worker_under_load_serves_again_by_itself(registered_tiny_complet
             while app.state.manager.active["heal"][served_name(client)] is worker:
                 time.sleep(0.05)
             wait_ready(client)
-            back = time.monotonic() - killed_at
+            ready_at = time.monotonic()
+            back = ready_at - killed_at
+            while not any(sent > ready_at for sent, _ in answers):  # load once it is back
+                time.sleep(0.05)
         finally:
             stop.set()
             for t in threads:
                 t.join(60)
+        statuses = [status for _, status in answers]
         assert set(statuses) <= {200, 503}, statuses
-        assert 503 in statuses and statuses[-1] == 200
+        assert 503 in statuses, "requests in flight when the worker died got a 503"
+        assert {status for sent, status in answers if sent > ready_at} == {200}, answers
         resp = client.post("/serving-endpoints/heal/invocations", json=body)
         assert resp.status_code == 200
         print(f"killed worker served again after {back:.1f} s")

@@ -8,7 +8,7 @@ the runtime is described and marked as such.
 
 Standard library only, on purpose: the bootstrap rehearsal loads this file by path in a
 kernel where ``ptdeploy`` itself is not importable yet (then ``errors.py``, standard
-library only too, is loaded beside it). For the same reason the errors are the exception
+library only too, is loaded from the package folder). For the same reason the errors are the exception
 types Databricks raises (``TypeError``, ``ValueError``, ``InputWidgetNotDefined``).
 
 - Widgets: https://docs.databricks.com/notebooks/widgets.html and the dbutils reference
@@ -37,7 +37,7 @@ try:
     from ptdeploy.errors import InputWidgetNotDefined
 except ImportError:  # loaded by path in a kernel where ptdeploy is not importable yet
     _errors_spec = importlib.util.spec_from_file_location(
-        "_ptdeploy_offline_errors", Path(__file__).with_name("errors.py")
+        "_ptdeploy_offline_errors", Path(__file__).resolve().parents[1] / "errors.py"
     )
     _errors = importlib.util.module_from_spec(_errors_spec)
     _errors_spec.loader.exec_module(_errors)
