@@ -39,11 +39,9 @@ def w(local_client) -> WorkspaceClient:
         EchoWorker,
         fakes.Catalog(task_of=lambda name: chat_or_completions(name.rsplit(".", 1)[-1])),
     )
-    for name in ("chat", "completions"):
-        entity = {"entity_name": f"main.default.{name}", "entity_version": "1"}
-        entity |= {"min_provisioned_throughput": 0, "max_provisioned_throughput": 20}
-        body = {"name": name, "config": {"served_entities": [entity]}}
-        client.api_client.do("POST", "/api/2.0/serving-endpoints", body=body)
+    fakes.create_endpoints(
+        client, {name: f"main.default.{name}" for name in ("chat", "completions")}
+    )
     return client
 
 

@@ -85,6 +85,9 @@ __all__ = [
 
 DEFAULT_TIMEOUT = timedelta(minutes=40)  # a provisioned-throughput endpoint takes ~30 min
 DEFAULT_POLL_INTERVAL = 10.0  # seconds between polls once the backoff has grown
+# The first poll comes quickly (a local endpoint, or an update that was a no-op, is ready
+# in well under a second); the delay then doubles up to the poll interval.
+FIRST_POLL_DELAY = 0.25
 
 _UC_PART = re.compile(r"[^.\s/\x00-\x1f\x7f]+")
 
@@ -489,7 +492,7 @@ def _poll(
     goal: str,
     fail_on_failure: bool,
 ) -> ServingEndpointDetailed:
-    delay = min(1.0, poll_interval)
+    delay = min(FIRST_POLL_DELAY, poll_interval)
     start = clock.time()
     with reporter(progress, f"{desc} {name}", describe_state) as report:
         while True:
