@@ -182,3 +182,29 @@ def test_run_all_local_stops_the_workspace_it_started(
         keep_running=keep_running,
     )
     assert bool(calls) is stopped
+
+
+@pytest.mark.parametrize(
+    ("target", "running_before", "keep_running", "stopped"),
+    [
+        ("local", False, False, True),
+        ("local", False, True, False),
+        ("local", True, False, False),
+        ("databricks", False, False, False),
+    ],
+)
+def test_run_stops_the_local_workspace_it_started(
+    tmp_path, monkeypatch, capsys, target, running_before, keep_running, stopped
+):
+    """`ptdeploy run` leaves nothing running unless asked, as run-all does."""
+    from ptdeploy.workspace import control
+
+    calls: list[bool] = []
+    result = runner.RunResult("nb", tmp_path / "nb.ipynb", True, 1.0, parameters={"target": target})
+    monkeypatch.setattr(runner.targets, "local_workspace_running", lambda: running_before)
+    monkeypatch.setattr(runner, "run_notebook", lambda *a, **k: result)
+    monkeypatch.setattr(control, "stop", lambda quiet=False: calls.append(quiet) or True)
+    argv = ["run", str(NB), "-f", str(LOCAL), "--out", str(tmp_path)]
+    assert cli.main(argv + (["--keep-running"] if keep_running else [])) == 0
+    assert bool(calls) is stopped
+    assert ("stopped the local workspace" in capsys.readouterr().out) is stopped

@@ -400,6 +400,11 @@ def configure_run_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="out", help="folder for executed notebooks (out)")
     parser.add_argument("--kernel", default="python3", help="Jupyter kernel name (python3)")
     parser.add_argument("--log-output", action="store_true", help="stream cell output")
+    parser.add_argument(
+        "--keep-running",
+        action="store_true",
+        help="target local: leave the local workspace this run started (and its workers) running",
+    )
     _workspace_options(parser)
 
 
@@ -414,8 +419,10 @@ def _workspace_options(parser: argparse.ArgumentParser) -> None:
 
 
 def run_run(args: argparse.Namespace) -> int:
+    from ptdeploy import targets
     from ptdeploy.templates import runner
 
+    running_before = targets.local_workspace_running()
     try:
         result = runner.run_notebook(
             args.notebook,
@@ -430,6 +437,11 @@ def run_run(args: argparse.Namespace) -> int:
     except PtdeployError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    # Nothing left running unless asked: a local workspace this run started is stopped
+    # (its endpoints stay on disk and come back with the next start).
+    local = result.parameters.get("target") == targets.Target.LOCAL.value
+    if local and not (args.keep_running or running_before) and targets.stop_local_workspace():
+        print("stopped the local workspace this run started (--keep-running leaves it up)")
     if not result.ok:
         print(result.describe_failure(), file=sys.stderr)
         return 1
