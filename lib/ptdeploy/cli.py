@@ -437,18 +437,18 @@ def run_run(args: argparse.Namespace) -> int:
     except PtdeployError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if not result.ok:
+        print(result.describe_failure(), file=sys.stderr)
+    else:
+        print(f"{result.notebook}: ok in {result.seconds:.1f}s -> {result.output}")
+        for key, value in (result.summary or {}).items():
+            print(f"  {key}: {value}")
     # Nothing left running unless asked: a local workspace this run started is stopped
     # (its endpoints stay on disk and come back with the next start).
     local = result.parameters.get("target") == targets.Target.LOCAL.value
     if local and not (args.keep_running or running_before) and targets.stop_local_workspace():
         print("stopped the local workspace this run started (--keep-running leaves it up)")
-    if not result.ok:
-        print(result.describe_failure(), file=sys.stderr)
-        return 1
-    print(f"{result.notebook}: ok in {result.seconds:.1f}s -> {result.output}")
-    for key, value in (result.summary or {}).items():
-        print(f"  {key}: {value}")
-    return 0
+    return 0 if result.ok else 1
 
 
 def configure_run_all_parser(parser: argparse.ArgumentParser) -> None:
