@@ -1,7 +1,7 @@
 """AI Gateway, tags and canary from a template's parameters: what the notebook's flat,
 typed parameters mean for the endpoint.
 
-The deployment templates declare (``specs.GATEWAY_PARAMS``):
+The deployment templates declare (``templates.specs.GATEWAY``):
 
 - ``usage_tracking`` (bool): AI Gateway ``usage_tracking_config.enabled``;
 - ``inference_table_catalog`` / ``inference_table_schema`` / ``inference_table_prefix``:
