@@ -252,8 +252,8 @@ class EntityWorker:
                 proc.terminate()
                 proc.join(timeout=3)
             if proc.is_alive():
-                proc.kill()
-                proc.join(timeout=3)
+                proc.kill()  # cannot be ignored; on a loaded machine exiting can take seconds
+                proc.join(timeout=30)
         with contextlib.suppress(Exception):
             self._conn.close()
         self._fail_pending(WorkerNotReadyError(f"worker {self.entity_name} was stopped"))
