@@ -443,10 +443,10 @@ def run_run(args: argparse.Namespace) -> int:
         print(f"{result.notebook}: ok in {result.seconds:.1f}s -> {result.output}")
         for key, value in (result.summary or {}).items():
             print(f"  {key}: {value}")
-    # Nothing left running unless asked: a local workspace this run started is stopped
-    # (its endpoints stay on disk and come back with the next start).
-    local = result.parameters.get("target") == targets.Target.LOCAL.value
-    if local and not (args.keep_running or running_before) and targets.stop_local_workspace():
+    target = result.parameters.get("target", "")
+    if runner.stop_started_workspace(
+        target, running_before=running_before, keep_running=args.keep_running
+    ):
         print("stopped the local workspace this run started (--keep-running leaves it up)")
     return 0 if result.ok else 1
 

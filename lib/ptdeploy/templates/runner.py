@@ -210,16 +210,25 @@ def run_all(
         plan.append((nb, params_file, ov))
     if errors:
         raise PtdeployError("\n".join(errors))
-    stop_after = target == "local" and not keep_running and not targets.local_workspace_running()
+    running_before = targets.local_workspace_running()
     try:
         return _run_plan(plan, target, out_dir, progress, profile, experiment)
     finally:
-        if stop_after and targets.stop_local_workspace():
+        if stop_started_workspace(target, running_before=running_before, keep_running=keep_running):
             print(
                 "[run-all] stopped the local workspace it started (endpoints kept on "
                 "disk; --keep-running leaves it up)",
                 flush=True,
             )
+
+
+def stop_started_workspace(target: str, *, running_before: bool, keep_running: bool) -> bool:
+    """Nothing left running unless asked: stop the local workspace a run started (its
+    endpoints stay on disk and serve again after the next start). True if it stopped one;
+    a workspace running before the run, ``keep_running`` or a real target is left alone."""
+    if target != targets.Target.LOCAL.value or running_before or keep_running:
+        return False
+    return targets.stop_local_workspace()
 
 
 def _run_plan(
