@@ -26,7 +26,6 @@ from ptdeploy.llm_tasks import (
     TASKS,
 )
 from ptdeploy.models.sources import OFFLINE_LICENSES, LoadedModel
-from ptdeploy.serving.query import THINK_OPEN
 
 _EXAMPLE_PROMPT = (
     "Below is an instruction that describes a task. Write a response that appropriately "
@@ -263,6 +262,8 @@ OPENS_THINK_TAG = "ptdeploy.chat_template_opens_think"
 def template_opens_think(tokenizer: Any) -> bool:
     """Whether the chat template ends the generation prompt with ``<think>`` (DeepSeek-R1
     distills do: the reply then starts inside the reasoning). False without a template."""
+    from ptdeploy.serving.query import THINK_OPEN  # query imports the SDK: 2 s at import
+
     if not getattr(tokenizer, "chat_template", None):
         return False
     prompt = tokenizer.apply_chat_template(
