@@ -208,3 +208,59 @@ def test_run_stops_the_local_workspace_it_started(
     assert cli.main(argv + (["--keep-running"] if keep_running else [])) == 0
     assert bool(calls) is stopped
     assert ("stopped the local workspace" in capsys.readouterr().out) is stopped
+
+
+# ------------------------------------------------------------------ kernels started ahead
+
+
+def _outputs(path: Path) -> list[tuple[int | None, str]]:
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    return [
+        (c.execution_count, "".join(o.get("text", "") for o in c.outputs))
+        for c in nb.cells
+        if c.cell_type == "code"
+    ]
+
+
+@pytest.mark.slow  # starts kernels
+def test_a_kernel_started_ahead_gives_the_notebook_a_fresh_kernel_would(
+    tiny_templates, tmp_path, monkeypatch
+):
+    from ptdeploy.templates import specs
+
+    notebooks, _ = tiny_templates
+    nb = notebooks / "probe.ipynb"
+    monkeypatch.setitem(specs.SPECS, "probe", specs.SPECS["tiny_ok"])
+    _notebook(
+        nb,
+        "x = 1",
+        "import os, sys; print(os.getcwd() == os.path.dirname(os.path.abspath('probe.ipynb')))",
+        "print(os.environ.get('PROBE'), os.environ.get('PTDEPLOY_HEADLESS'), os.environ.get('LATE'))",
+        "print('colorsys' in sys.modules, [n for n in ('colorsys', '_') if n in dir()])",
+    )
+    env = {"PROBE": "from-env"}
+    fresh = runner.run_notebook(nb, out_dir=tmp_path / "fresh", env=env)
+    kernel = runner.WarmKernel(nb, env, imports=("colorsys",))
+    # the environment is fixed when the kernel is started ahead: what this process sets
+    # afterwards (run_notebook sets the running notebook's variables) does not reach it
+    monkeypatch.setenv("LATE", "set after the kernel started")
+    ahead = runner.run_notebook(nb, out_dir=tmp_path / "ahead", env=env, kernel=kernel)
+    assert fresh.ok and ahead.ok, (fresh.error, ahead.error)
+    assert kernel.error is None and kernel.km is None, "used, then shut down"
+    # the same execution counts (the warm-up is not counted) and outputs; the module the
+    # warm-up imported is loaded but bound to no name in the user's namespace
+    expected = [(2, "True\n"), (3, "from-env 1 None\n")]
+    assert _outputs(fresh.output)[1:] == [*expected, (4, "False []\n")]
+    assert _outputs(ahead.output)[1:] == [*expected, (4, "True []\n")]
+
+
+@pytest.mark.slow  # starts kernels
+def test_a_kernel_that_failed_to_warm_up_is_replaced_by_a_fresh_one(tiny_templates, tmp_path):
+    notebooks, _ = tiny_templates
+    kernel = runner.WarmKernel(notebooks / "tiny_ok.ipynb", {}, imports=("no_such_module_x",))
+    result = runner.run_notebook(notebooks / "tiny_ok.ipynb", out_dir=tmp_path, kernel=kernel)
+    assert result.ok, result.error
+    assert "no_such_module_x" in str(kernel.error)
+    assert _outputs(result.output)[-1] == (2, "fine 1\n")

@@ -305,16 +305,14 @@ def rehearse_job(
     states: dict[str, str] = {}
     results: list[TaskRun] = []
     warned: set[str] = set()
-    from ptdeploy.templates.runner import run_notebook
+    from ptdeploy.templates.runner import WarmKernel, run_notebook
 
+    # Every task's notebook and kernel environment, known before the first one runs: a
+    # task that cannot be rehearsed fails the job before anything ran, and the next
+    # task's kernel starts (WarmKernel) while the current task runs.
+    prepared = []
     for task in tasks:
         key = task["task_key"]
-        skipped = run_if_status(task, states)
-        if skipped:
-            states[key] = skipped
-            results.append(TaskRun(key, skipped, detail="a dependency did not succeed"))
-            echo(f"[job {template}] {key}: {skipped}")
-            continue
         nb_task = task.get("notebook_task")
         if not nb_task:
             raise JobDefinitionError(f"task {key!r}: only notebook tasks can be rehearsed")
@@ -322,34 +320,54 @@ def rehearse_job(
         if notebook.suffix != ".ipynb":
             notebook = notebook.with_suffix(".ipynb")
         task_params = {**task_params_of(task), **params}  # job parameters take precedence
-        context = TaskContext(key, str(run_dir), task_keys, task_params)
         context_file = run_dir / f"{key}.context.json"
-        context.write(context_file)
+        TaskContext(key, str(run_dir), task_keys, task_params).write(context_file)
         env, notes = _spark_env(clusters.get(task.get("job_cluster_key", ""), {}), secrets)
         for note in notes:
             if note not in warned:
                 warned.add(note)
                 echo(f"[job {template}] warning: {note}")
         env.update({"IPYTHONDIR": str(ipython_dir), CONTEXT_ENV: str(context_file)})
-        echo(f"[job {template}] {key} ...")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            result = run_notebook(
-                notebook,
-                out_dir=run_dir,
-                env=env,
-                output_name=f"{key}.ipynb",
-                progress=progress,
+        prepared.append((task, notebook, env))
+
+    warm: WarmKernel | None = None
+    try:
+        for i, (task, notebook, env) in enumerate(prepared):
+            key = task["task_key"]
+            kernel, warm = warm, None
+            skipped = run_if_status(task, states)
+            if skipped:
+                if kernel is not None:
+                    kernel.shut_down()
+                states[key] = skipped
+                results.append(TaskRun(key, skipped, detail="a dependency did not succeed"))
+                echo(f"[job {template}] {key}: {skipped}")
+                continue
+            if i + 1 < len(prepared):
+                warm = WarmKernel(prepared[i + 1][1], prepared[i + 1][2])
+            echo(f"[job {template}] {key} ...")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                result = run_notebook(
+                    notebook,
+                    out_dir=run_dir,
+                    env=env,
+                    output_name=f"{key}.ipynb",
+                    progress=progress,
+                    kernel=kernel,
+                )
+            values_file = run_dir / "task_values" / f"{key}.json"
+            values = json.loads(values_file.read_text()) if values_file.is_file() else {}
+            status = SUCCESS if result.ok else FAILED
+            detail = (
+                str(result.output) if result.ok else f"cell {result.failing_cell()}: {result.error}"
             )
-        values_file = run_dir / "task_values" / f"{key}.json"
-        values = json.loads(values_file.read_text()) if values_file.is_file() else {}
-        status = SUCCESS if result.ok else FAILED
-        detail = (
-            str(result.output) if result.ok else f"cell {result.failing_cell()}: {result.error}"
-        )
-        states[key] = status
-        results.append(TaskRun(key, status, result.seconds, result.output, detail, values))
-        echo(f"[job {template}] {key}: {status} in {result.seconds:.1f}s")
+            states[key] = status
+            results.append(TaskRun(key, status, result.seconds, result.output, detail, values))
+            echo(f"[job {template}] {key}: {status} in {result.seconds:.1f}s")
+    finally:
+        if warm is not None:
+            warm.shut_down()
     return JobRun(template, run_dir, results)
 
 

@@ -8,7 +8,9 @@ cell) and names that cell.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,11 +80,14 @@ def run_notebook(
     output_name: str | None = None,
     profile: str | None = None,
     experiment: str | None = None,
+    kernel: WarmKernel | None = None,
 ) -> RunResult:
     """Execute ``notebook`` with papermill; never raises for a failing notebook.
 
     ``env`` is added to the kernel's environment (the kernel inherits this process's)
     for the run only; ``output_name`` names the executed notebook in ``out_dir``.
+    ``kernel``: a kernel started ahead for this notebook (``WarmKernel``, same ``env`` and
+    folder); it is used if it started, and shut down after the run.
     """
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
@@ -101,6 +106,7 @@ def run_notebook(
     os.environ.update(added)
     started = time.perf_counter()
     result = RunResult(notebook.stem, output, True, 0.0, parameters=params)
+    km = kernel.take() if kernel is not None else None
     try:
         pm.execute_notebook(
             str(notebook),
@@ -111,6 +117,7 @@ def run_notebook(
             progress_bar=progress,
             log_output=log_output,
             start_timeout=start_timeout,
+            **({"km": km} if km is not None else {}),
         )
     except PapermillExecutionError as exc:
         result.ok = False
@@ -119,6 +126,8 @@ def run_notebook(
         result.failed_source = _first_code_line(exc.source)
         result.error = f"{exc.ename}: {exc.evalue}"
     finally:
+        if kernel is not None:
+            kernel.shut_down()
         for name, value in saved.items():
             if value is None:
                 os.environ.pop(name, None)
@@ -130,6 +139,93 @@ def run_notebook(
 
         result.summary = read_summary(nbformat.read(output, as_version=4))
     return result
+
+
+# What a template's kernel imports before its first step can run (seconds of CPU on two
+# cores): a kernel started ahead imports them while the notebook before it still runs.
+WARM_IMPORTS = ("ptdeploy.templates.flow", "mlflow", "torch", "transformers")
+
+
+class WarmKernel:
+    """A kernel started ahead of its notebook, in a background thread, with
+    ``WARM_IMPORTS`` done: ``run_all`` and the job rehearsal start the next notebook's
+    kernel while the current one runs, so its start-up overlaps the current notebook's
+    waits (an endpoint loading, a query) instead of adding to them.
+
+    The kernel is the one papermill would start (same kernel name, folder, environment);
+    the imports run as a silent execution (no execution count, no output, nothing bound
+    in the user's namespace: ``exec`` in a throwaway dict), so the executed notebook is
+    the same as from a fresh kernel. If anything fails here, ``take`` returns None and
+    papermill starts its own kernel as before.
+    """
+
+    def __init__(
+        self,
+        notebook: str | Path,
+        env: dict[str, str],
+        kernel_name: str = "python3",
+        imports: tuple[str, ...] = WARM_IMPORTS,
+        timeout: float = 120,
+    ) -> None:
+        self.cwd = str(Path(notebook).resolve().parent)
+        # The kernel's whole environment, fixed now: run_notebook sets variables in
+        # os.environ for the duration of the run it is in, which must not leak into this one.
+        self.env = {**os.environ, "PTDEPLOY_HEADLESS": "1", **env}
+        self.kernel_name, self.imports, self.timeout = kernel_name, imports, timeout
+        self.km: Any = None
+        self.error: BaseException | None = None
+        self._taken = False
+        self._thread = threading.Thread(
+            target=self._start, name="ptdeploy-warm-kernel", daemon=True
+        )
+        self._thread.start()
+
+    def _start(self) -> None:
+        from jupyter_client.manager import AsyncKernelManager
+        from jupyter_core.utils import run_sync
+
+        try:
+            km = AsyncKernelManager(kernel_name=self.kernel_name)
+            run_sync(km.start_kernel)(cwd=self.cwd, env=self.env)
+            self.km = km
+            client = km.blocking_client()
+            client.start_channels()
+            try:
+                client.wait_for_ready(timeout=self.timeout)
+                code = f"exec({'import ' + ', '.join(self.imports)!r}, {{}})"
+                msg_id = client.execute(code, silent=True, store_history=False)
+                reply = client.get_shell_msg(timeout=self.timeout)
+                while reply["parent_header"].get("msg_id") != msg_id:
+                    reply = client.get_shell_msg(timeout=self.timeout)
+                if reply["content"]["status"] != "ok":
+                    content = reply["content"]
+                    raise RuntimeError(f"{content.get('ename')}: {content.get('evalue')}")
+            finally:
+                client.stop_channels()
+        except BaseException as exc:  # noqa: BLE001 (a failed warm start only costs the saving)
+            self.error = exc
+
+    def take(self) -> Any:
+        """The started kernel's manager (waits for the warm-up), or None if it failed."""
+        self._thread.join()
+        self._taken = True
+        if self.error is not None:
+            self.shut_down()
+            return None
+        return self.km
+
+    def shut_down(self) -> None:
+        """Stop the kernel (after its notebook ran, or if it will not be used)."""
+        from jupyter_core.utils import run_sync
+
+        self._thread.join()
+        km, self.km = self.km, None
+        if km is None:
+            return
+        with contextlib.suppress(Exception):
+            run_sync(km.shutdown_kernel)(now=False)
+        with contextlib.suppress(Exception):
+            run_sync(km.cleanup_resources)()
 
 
 def workspace_env(
@@ -241,16 +337,30 @@ def _run_plan(
 ) -> list[RunResult]:
     env = workspace_env(target, profile, experiment)  # once, before the first kernel
     results = []
-    for nb, params_file, ov in plan:
-        print(f"[run-all] {nb.stem} ...", flush=True)
-        result = run_notebook(
-            nb, params_file, ov, out_dir=Path(out_dir) / target, progress=progress, env=env
-        )
-        print(
-            f"[run-all] {nb.stem}: {'ok' if result.ok else 'FAILED'} in {result.seconds:.1f}s",
-            flush=True,
-        )
-        results.append(result)
+    warm: WarmKernel | None = None
+    try:
+        for i, (nb, params_file, ov) in enumerate(plan):
+            kernel, warm = warm, None
+            if i + 1 < len(plan):  # the next notebook's kernel starts while this one runs
+                warm = WarmKernel(plan[i + 1][0], env)
+            print(f"[run-all] {nb.stem} ...", flush=True)
+            result = run_notebook(
+                nb,
+                params_file,
+                ov,
+                out_dir=Path(out_dir) / target,
+                progress=progress,
+                env=env,
+                kernel=kernel,
+            )
+            print(
+                f"[run-all] {nb.stem}: {'ok' if result.ok else 'FAILED'} in {result.seconds:.1f}s",
+                flush=True,
+            )
+            results.append(result)
+    finally:
+        if warm is not None:
+            warm.shut_down()
     return results
 
 
