@@ -79,11 +79,22 @@ class ModelDescription:
     throughput_chunk_size: int | None = None
     parameter_count: int | None = None
     reason: str = ""  # why it is not optimizable, for error messages
+    # Set for the families Databricks provisions in model units rather than tokens per
+    # second (GPT OSS, Gemma 3, Llama 4 Maverick: "Models that use model units",
+    # https://docs.databricks.com/aws/en/machine-learning/foundation-model-apis/model-units):
+    # served entities then give provisioned_model_units, a multiple of this chunk.
+    model_unit_chunk_size: int | None = None
 
     def response(self) -> dict[str, Any]:
         """The body of ``GET .../get-model-optimization-info/{name}/{version}``."""
         if not self.optimizable:
             return {"optimizable": False}
+        if self.model_unit_chunk_size is not None:
+            return {
+                "optimizable": True,
+                "model_type": self.model_type,
+                "model_unit_chunk_size": self.model_unit_chunk_size,
+            }
         return {
             "optimizable": True,
             "model_type": self.model_type,
