@@ -108,7 +108,6 @@ class _AppServers:
 
     def serve(self, app) -> str:
         import threading
-        import time
 
         import uvicorn
         from ptdeploy.workspace.server import listening_socket
@@ -118,7 +117,7 @@ class _AppServers:
         thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
         thread.start()
         while not server.started and thread.is_alive():
-            time.sleep(0.01)
+            thread.join(0.01)  # not time.sleep: a test may forbid real sleeps in its thread
         self.running.append((server, thread))
         return f"http://127.0.0.1:{sock.getsockname()[1]}"
 
@@ -147,14 +146,15 @@ def _local_client(serve, root: Path):
     from ptdeploy.workspace import store as st
     from ptdeploy.workspace.app import create_app
 
-    def make(worker_factory, catalog, wrap=None) -> WorkspaceClient:
-        """``wrap(app)`` (e.g. ``fakes.RequestLog``) is served instead of the app."""
+    def make(worker_factory, catalog, wrap=None, **app_options) -> WorkspaceClient:
+        """``wrap(app)`` (e.g. ``fakes.RequestLog``) is served instead of the app;
+        ``app_options`` go to ``create_app`` (e.g. ``healing``)."""
         app = create_app(
             token=TOKEN,
             store=st.EndpointStore(root / "endpoints"),
             catalog=catalog,
             worker_factory=worker_factory,
-            poll_interval=0.05,
+            **{"poll_interval": 0.05, **app_options},
         )
         return WorkspaceClient(host=serve(wrap(app) if wrap else app), token=TOKEN, auth_type="pat")
 
@@ -163,8 +163,9 @@ def _local_client(serve, root: Path):
 
 @pytest.fixture()
 def local_client(tmp_path, serve_app):
-    """``local_client(worker_factory, catalog)``: the local workspace's real app, served
-    in-process with the given fakes (``tests/fakes.py``), as a ``WorkspaceClient``."""
+    """``local_client(worker_factory, catalog, wrap=None, **app_options)``: the local
+    workspace's real app, served in-process with the given fakes (``tests/fakes.py``), as
+    a ``WorkspaceClient``."""
     return _local_client(serve_app, tmp_path)
 
 

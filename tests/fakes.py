@@ -8,7 +8,10 @@ serves the app on a loopback port and returns a ``WorkspaceClient`` for it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from ptdeploy.errors import ModelVersionNotFoundError
@@ -38,16 +41,70 @@ class ReadyWorker:
         return {"choices": [{"text": "ok"}]}
 
 
+class LoadingWorker(ReadyWorker):
+    """A worker that loads until the test decides: ``load()`` makes it READY, ``fail(error)``
+    FAILED (a model that did not load, or a worker process that died), with that error."""
+
+    polls_left: int | None = None  # set by ``Workers``: GETs until it loads by itself
+
+    def start(self) -> None:
+        self.state = "LOADING"
+
+    def load(self) -> None:
+        self.state = "READY"
+
+    def fail(self, error: str) -> None:
+        self.state, self.error = "FAILED", error
+
+
+class Workers:
+    """A worker factory that keeps every worker it made (``made``), so a test moves their
+    states. Each ``LoadingWorker`` loads after ``polls_to_ready`` calls of ``poll`` (None:
+    never; read when the worker is made): a test calls ``poll`` at each GET of an endpoint
+    (``RequestLog``'s hook), which gives exact poll counts."""
+
+    def __init__(self, kind: type[ReadyWorker] = LoadingWorker, polls_to_ready: int | None = 2):
+        self.kind, self.polls_to_ready = kind, polls_to_ready
+        self.made: list[ReadyWorker] = []
+
+    def __call__(self, entity: st.ServedEntity) -> ReadyWorker:
+        worker = self.kind(entity)
+        worker.polls_left = self.polls_to_ready
+        self.made.append(worker)
+        return worker
+
+    def loading(self) -> list[LoadingWorker]:
+        return [w for w in self.made if isinstance(w, LoadingWorker) and w.state == "LOADING"]
+
+    def poll(self, fail_with: str | None = None) -> None:
+        """One GET: a loading worker whose count is done loads (or fails with ``fail_with``),
+        the others count down."""
+        for worker in self.loading():
+            if worker.polls_left is None:
+                continue
+            if worker.polls_left > 0:
+                worker.polls_left -= 1
+            elif fail_with is not None:
+                worker.fail(fail_with)
+            else:
+                worker.load()
+
+
 class Catalog:
     """Describes any model (or only ``models``) as an optimizable Llama whose task
-    ``task_of(name)`` gives, with a chunk of ``CHUNK`` tokens/s."""
+    ``task_of(name)`` gives, with a throughput chunk of ``chunk`` tokens/s (Databricks
+    answers 980 for Llama 3 8B); a model named in ``model_units`` is provisioned in model
+    units instead, with that ``model_unit_chunk_size`` (as GPT OSS on Databricks)."""
 
     def __init__(
         self,
         task_of: Callable[[str], str] = lambda name: "llm/v1/completions",
         models: set[tuple[str, str]] | None = None,
+        chunk: int = CHUNK,
+        model_units: dict[str, int] | None = None,
     ) -> None:
-        self.task_of, self.models = task_of, models
+        self.task_of, self.models, self.chunk = task_of, models, chunk
+        self.model_units = model_units or {}
 
     def describe(self, name: str, version: str) -> ModelDescription:
         if self.models is not None and (name, version) not in self.models:
@@ -59,7 +116,8 @@ class Catalog:
             architecture="LlamaForCausalLM",
             optimizable=True,
             model_type="llama",
-            throughput_chunk_size=CHUNK,
+            throughput_chunk_size=None if name in self.model_units else self.chunk,
+            model_unit_chunk_size=self.model_units.get(name),
             reason="",
         )
 
@@ -133,20 +191,87 @@ class FakeClock:
             self.now += seconds
 
 
-class RequestLog:
-    """Wraps the app (ASGI) and records each HTTP request it receives as
-    ``(method, path, authorization header)``: what reached the workspace, retries included."""
+@dataclass
+class Call:
+    """One HTTP request the app received: its JSON body (None when empty) and the status
+    it was answered with."""
 
-    def __init__(self, app: Any) -> None:
-        self.app = app
+    method: str
+    path: str
+    body: Any
+    status: int | None = None
+
+
+class RequestLog:
+    """Wraps the app (ASGI) and records each HTTP request it receives: ``requests`` as
+    ``(method, path, authorization header)`` (what reached the workspace, retries
+    included), ``calls`` with their JSON bodies and answer statuses.
+
+    ``before(call)``, when given, runs (in a worker thread) before the app handles each
+    recorded request: a test moves its fake workers' states there, or sends a request of
+    its own (a concurrent client). Requests sent while ``before`` runs, or inside
+    ``quiet()``, are neither recorded nor hooked: the log holds what the client under
+    test sent.
+    """
+
+    def __init__(self, app: Any, before: Callable[[Call], None] | None = None) -> None:
+        self.app, self.before = app, before
         self.requests: list[tuple[str, str, str]] = []
+        self.calls: list[Call] = []
+        self._quiet = 0
+
+    @contextmanager
+    def quiet(self) -> Iterator[None]:
+        self._quiet += 1
+        try:
+            yield
+        finally:
+            self._quiet -= 1
+
+    def count(self, method: str, suffix: str = "", status: int | None = None) -> int:
+        return sum(
+            1
+            for c in self.calls
+            if c.method == method
+            and c.path.endswith(suffix)
+            and (status is None or c.status == status)
+        )
+
+    def bodies(self, method: str, suffix: str = "") -> list[Any]:
+        return [c.body for c in self.calls if c.method == method and c.path.endswith(suffix)]
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            headers = dict(scope.get("headers") or [])
-            auth = headers.get(b"authorization", b"").decode()
-            self.requests.append((scope["method"], scope["path"], auth))
-        await self.app(scope, receive, send)
+        if scope["type"] != "http" or self._quiet:
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        auth = headers.get(b"authorization", b"").decode()
+        self.requests.append((scope["method"], scope["path"], auth))
+        messages = [await receive()]
+        while messages[-1].get("type") == "http.request" and messages[-1].get("more_body"):
+            messages.append(await receive())
+        raw = b"".join(m.get("body", b"") for m in messages)
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            body = raw
+        call = Call(scope["method"], scope["path"], body)
+        self.calls.append(call)
+        if self.before is not None:
+            from starlette.concurrency import run_in_threadpool
+
+            with self.quiet():
+                await run_in_threadpool(self.before, call)
+
+        async def replay() -> dict:
+            return messages.pop(0) if messages else await receive()
+
+        async def answer(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                call.status = message["status"]
+            await send(message)
+
+        await self.app(scope, replay, answer)
 
 
 # The template parameters of the AI Gateway, tags and canary, all off: what a parameters

@@ -1,29 +1,23 @@
-"""create_or_update / wait_until_ready / get / delete against a fake serving API.
+"""create_or_update / wait_until_ready / get / delete against the local workspace's app.
 
-The fake replaces only the HTTP layer: ``FakeServingApi.do`` answers the serving REST
-routes with JSON shaped like Databricks' (``ServingEndpointDetailed`` bodies), and the
-real ``databricks-sdk`` ``ServingEndpointsAPI`` runs on top of it, so request bodies are
-serialized and answers parsed by the SDK itself. Errors are the SDK's own classes for the
-error codes Databricks sends (``RESOURCE_DOES_NOT_EXIST``, ``RESOURCE_ALREADY_EXISTS``...).
-Time is a ``FakeClock``: nothing sleeps. The same public functions are exercised against
-the real local workspace by the integration tests.
+The app is the real one (routes, validation, state machine, rendering through the SDK's
+own types), served in-process (``local_client``) and driven through ``databricks-sdk``'s
+``WorkspaceClient`` exactly as a user's code drives Databricks. Only the workers are fake
+(``fakes.LoadingWorker``): each loads after ``polls_to_ready`` GETs of the endpoint, or
+fails with ``fail_message``, moved by the request log's hook (``fakes.RequestLog``), which
+also keeps every request body and answer status the client caused. The app answers a GET
+with the endpoint's current state, so poll counts are exact. Time is a ``FakeClock``: a
+real sleep in the client fails the test.
 """
 
 from __future__ import annotations
 
-import copy
+import threading
 import time
-import uuid
-from types import SimpleNamespace
+from collections.abc import Callable
 
+import fakes
 import pytest
-from databricks.sdk.errors.platform import (
-    InvalidParameterValue,
-    ResourceAlreadyExists,
-    ResourceConflict,
-    ResourceDoesNotExist,
-)
-from databricks.sdk.mixins.open_ai_client import ServingEndpointsExt
 from databricks.sdk.service.serving import EndpointStateConfigUpdate, EndpointStateReady
 from fakes import FakeClock
 from ptdeploy.errors import (
@@ -46,240 +40,140 @@ from ptdeploy.serving.endpoints import (
     wait_until_ready,
 )
 from ptdeploy.serving.throughput import ModelUnitsPlan, ThroughputPlan
+from ptdeploy.workspace.manager import HealingPolicy
 
 API = "/api/2.0/serving-endpoints"
 MODEL = "main.default.llama_chat"
+CHUNK = 980  # Databricks' throughput chunk for Llama 3 8B (get-model-optimization-info)
+GPT_OSS = "system.ai.gpt-oss-120b"  # provisioned in model units
 
 
-class FakeServingApi:
-    """The serving control plane, in memory, with Databricks-shaped answers.
+class Serving:
+    """The local workspace behind the client under test (``w``), and the knobs a test turns.
 
-    After a create or config update the endpoint is ``NOT_READY``/``IN_PROGRESS`` with a
-    ``pending_config`` for ``polls_to_ready`` GETs, then becomes ``READY``/``NOT_UPDATING``
-    (or ``UPDATE_FAILED`` with ``fail_message``). ``polls_to_ready=None`` never finishes.
+    A deployment loads after ``polls_to_ready`` GETs of an endpoint (None: never) or, with
+    ``fail_message`` set, fails with it. ``before_create`` / ``before_update`` run once,
+    just before the client's next create / config update reaches the app (another client
+    racing it). ``log`` holds the requests the client sent.
     """
 
-    def __init__(self, polls_to_ready: int | None = 2) -> None:
-        self._cfg = SimpleNamespace(
-            workspace_id=None, host="https://adb-1234.5.azuredatabricks.net"
-        )
-        self.endpoints: dict[str, dict] = {}
-        self.countdown: dict[str, int | None] = {}
-        self.polls_to_ready = polls_to_ready
-        self.fail_message: str | None = None
-        self.calls: list[tuple[str, str, dict | None]] = []
-        self.before_create = None  # hook: runs just before a create is handled
-        self.conflicts_on_update = 0  # next N config updates meet a concurrent update
-        self.conflicts_raised = 0  # 409s answered to config updates
+    def __init__(self, local_client, healing: HealingPolicy | None = None) -> None:
+        self.workers = fakes.Workers()
+        catalog = fakes.Catalog(chunk=CHUNK, model_units={GPT_OSS: 50})
+        options = {"healing": healing} if healing else {}
+        self.w = local_client(self.workers, catalog, wrap=self._wrap, **options)
+        self.reset()
 
-    # ----------------------------------------------------------- building state
-    def add_endpoint(
-        self, name: str, version: str = "1", *, in_progress_polls: int | None = 0
-    ) -> dict:
-        """An existing endpoint serving MODEL ``version`` (READY unless polls given)."""
-        entity = {
+    def reset(self) -> None:
+        """No endpoint, default knobs, an empty log: what each test starts from."""
+        self.fail_message: str | None = None
+        self.before_create: Callable[[], object] | None = None
+        self.before_update: Callable[[], object] | None = None
+        self.on_get: Callable[[], object] | None = None
+        with self.log.quiet():
+            for name in self.names():
+                self.w.serving_endpoints.delete(name)
+        self.workers.made.clear()
+        self.workers.polls_to_ready = 2
+        self.log.calls.clear()
+        self.log.requests.clear()
+
+    @property
+    def polls_to_ready(self) -> int | None:
+        return self.workers.polls_to_ready
+
+    @polls_to_ready.setter
+    def polls_to_ready(self, polls: int | None) -> None:
+        self.workers.polls_to_ready = polls
+
+    def _wrap(self, app):
+        self.log = fakes.RequestLog(app, before=self._before)
+        return self.log
+
+    def _before(self, call: fakes.Call) -> None:
+        parts = call.path[len(API) :].strip("/").split("/") if call.path.startswith(API) else []
+        if call.method == "POST" and parts == [""] and self.before_create:
+            hook, self.before_create = self.before_create, None
+            hook()
+        elif call.method == "PUT" and parts[1:] == ["config"] and self.before_update:
+            hook, self.before_update = self.before_update, None
+            hook()
+        elif call.method == "GET" and len(parts) == 1 and parts[0]:
+            self.workers.poll(fail_with=self.fail_message)
+            if self.on_get:
+                self.on_get()
+
+    # ------------------------------------------------ state set up by "someone else"
+    def add_endpoint(self, name: str, version: str = "1", *, in_progress_polls: int | None = 0):
+        """An endpoint serving MODEL ``version``, READY; with ``in_progress_polls`` != 0 an
+        update someone else started is IN_PROGRESS, for that many GETs (None: never ends)."""
+        with self.log.quiet():
+            body = {"name": name, "config": {"served_entities": [self._entity(version)]}}
+            self.w.api_client.do("POST", API, body=body)
+            for worker in self.workers.loading():
+                worker.load()
+            assert self.w.serving_endpoints.get(name).state.ready == EndpointStateReady.READY
+            if in_progress_polls != 0:
+                self.start_update(name, version, polls=in_progress_polls)
+
+    def start_update(self, name: str, version: str = "1", *, polls: int | None = 1) -> None:
+        """Someone else's config update, redeploying ``version`` (under another served
+        entity name, so it loads anew), IN_PROGRESS for ``polls`` GETs."""
+        with self.log.quiet():
+            saved, self.polls_to_ready = self.polls_to_ready, polls
+            try:
+                entity = self._entity(version) | {"name": f"llama_chat-{version}-redeploy"}
+                self.w.api_client.do(
+                    "PUT", f"{API}/{name}/config", body={"served_entities": [entity]}
+                )
+            finally:
+                self.polls_to_ready = saved
+
+    @staticmethod
+    def _entity(version: str) -> dict:
+        return {
             "name": f"llama_chat-{version}",
             "entity_name": MODEL,
             "entity_version": version,
-            "min_provisioned_throughput": 980,
-            "max_provisioned_throughput": 1960,
+            "min_provisioned_throughput": CHUNK,
+            "max_provisioned_throughput": 2 * CHUNK,
             "scale_to_zero_enabled": False,
         }
-        self._store_new(name, {"name": name, "served_entities": [entity]}, tags=[])
-        self._finish(name)
-        if in_progress_polls != 0:  # None: an update that never ends
-            self._start_update(name, {"served_entities": [entity]}, in_progress_polls)
-        return self.endpoints[name]
 
-    def _now_ms(self) -> int:
-        return 1_700_000_000_000 + len(self.calls)
-
-    def _entities(self, config: dict, deployment: str, message: str) -> list[dict]:
-        out = []
-        for se in config.get("served_entities", []):
-            entry = dict(se)
-            entry.setdefault(
-                "name", f"{se['entity_name'].rsplit('.', 1)[-1]}-{se['entity_version']}"
-            )
-            entry.update(
-                creator="someone@example.com",
-                creation_timestamp=self._now_ms(),
-                state={"deployment": deployment, "deployment_state_message": message},
-            )
-            out.append(entry)
-        return out
-
-    def _pending(self, config: dict, version: int) -> dict:
-        entities = self._entities(config, "DEPLOYMENT_CREATING", "Creating the served entity.")
-        routes = (config.get("traffic_config") or {}).get("routes") or [
-            {
-                "served_model_name": e["name"],
-                "served_entity_name": e["name"],
-                "traffic_percentage": 100,
-            }
-            for e in entities[:1]
-        ]
-        return {
-            "config_version": version,
-            "start_time": self._now_ms(),
-            "served_entities": entities,
-            "traffic_config": {"routes": routes},
-        }
-
-    def _store_new(self, name: str, config: dict, tags: list[dict]) -> None:
-        self.endpoints[name] = {
-            "name": name,
-            "id": uuid.uuid4().hex,
-            "creator": "someone@example.com",
-            "creation_timestamp": self._now_ms(),
-            "last_updated_timestamp": self._now_ms(),
-            "state": {"ready": "NOT_READY", "config_update": "IN_PROGRESS"},
-            "pending_config": self._pending(config, 1),
-            "permission_level": "CAN_MANAGE",
-            "route_optimized": False,
-            "task": "llm/v1/chat",
-            "tags": tags,
-        }
-        self.countdown[name] = self.polls_to_ready
-
-    def _start_update(self, name: str, config: dict, polls: int | None) -> None:
-        ep = self.endpoints[name]
-        version = (ep.get("config") or {}).get("config_version", 0) + 1
-        ep["pending_config"] = self._pending(config, version)
-        ep["state"] = {"ready": ep["state"]["ready"], "config_update": "IN_PROGRESS"}
-        self.countdown[name] = polls
-
-    def _finish(self, name: str) -> None:
-        ep = self.endpoints[name]
-        pending = ep.pop("pending_config")
-        if self.fail_message:
-            for se in pending["served_entities"]:
-                se["state"] = {
-                    "deployment": "DEPLOYMENT_FAILED",
-                    "deployment_state_message": self.fail_message,
-                }
-            ep["pending_config"] = pending
-            ep["state"] = {
-                "ready": "READY" if ep.get("config") else "NOT_READY",
-                "config_update": "UPDATE_FAILED",
-            }
-            return
-        for se in pending["served_entities"]:
-            se["state"] = {"deployment": "DEPLOYMENT_READY", "deployment_state_message": ""}
-        pending.pop("start_time", None)
-        ep["config"] = pending
-        ep["state"] = {"ready": "READY", "config_update": "NOT_UPDATING"}
-
-    def _get(self, name: str) -> dict:
-        if name not in self.endpoints:
-            raise ResourceDoesNotExist(
-                f"Endpoint with name '{name}' does not exist.", error_code="RESOURCE_DOES_NOT_EXIST"
-            )
-        return self.endpoints[name]
-
-    # -------------------------------------------------------------------- HTTP
-    def do(
-        self,
-        method,
-        path=None,
-        url=None,
-        query=None,
-        headers=None,
-        body=None,
-        raw=False,
-        files=None,
-        data=None,
-        auth=None,
-        response_headers=None,
-    ):
-        self.calls.append((method, path, copy.deepcopy(body)))
-        parts = path[len(API) :].strip("/").split("/") if path.startswith(API) else []
-        if method == "POST" and parts == [""]:
-            return self._create(body)
-        name = parts[0]
-        if method == "GET" and len(parts) == 1:
-            ep = self._get(name)
-            if ep["state"]["config_update"] == "IN_PROGRESS" and self.countdown[name] is not None:
-                if self.countdown[name] <= 0:
-                    self._finish(name)
-                else:
-                    self.countdown[name] -= 1
-            return copy.deepcopy(ep)
-        if method == "DELETE" and len(parts) == 1:
-            self._get(name)
-            del self.endpoints[name]
-            return {}
-        if method == "PUT" and parts[1:] == ["config"]:
-            return self._update_config(name, body)
-        if method == "PUT" and parts[1:] == ["ai-gateway"]:
-            self._get(name)["ai_gateway"] = copy.deepcopy(body)
-            return copy.deepcopy(body)
-        if method == "PATCH" and parts[1:] == ["tags"]:
-            ep = self._get(name)
-            tags = {t["key"]: t.get("value") for t in ep.get("tags", [])}
-            tags.update({t["key"]: t.get("value") for t in body.get("add_tags", [])})
-            for key in body.get("delete_tags", []):
-                tags.pop(key, None)
-            ep["tags"] = [{"key": k, "value": v} for k, v in tags.items()]
-            return {"tags": ep["tags"]}
-        raise AssertionError(f"unexpected call {method} {path}")
-
-    def _create(self, body: dict) -> dict:
-        if self.before_create:
-            self.before_create()
-        name = body["name"]
-        if name in self.endpoints:
-            raise ResourceAlreadyExists(
-                f"Endpoint with name '{name}' already exists.", error_code="RESOURCE_ALREADY_EXISTS"
-            )
-        for se in body["config"]["served_entities"]:
-            if se.get("max_provisioned_throughput", 980) % 980:
-                raise InvalidParameterValue(
-                    "max_provisioned_throughput must be a multiple of 980.",
-                    error_code="INVALID_PARAMETER_VALUE",
-                )
-        self._store_new(name, body["config"], body.get("tags", []))
-        return copy.deepcopy(self.endpoints[name])
-
-    def _update_config(self, name: str, body: dict) -> dict:
-        ep = self._get(name)
-        if self.conflicts_on_update:
-            self.conflicts_on_update -= 1
-            self._start_update(name, {"served_entities": ep["config"]["served_entities"]}, 1)
-        if ep["state"]["config_update"] == "IN_PROGRESS":
-            self.conflicts_raised += 1
-            raise ResourceConflict(
-                f"Endpoint '{name}' is currently being updated; retry when the update completes.",
-                error_code="RESOURCE_CONFLICT",
-            )
-        self._start_update(name, body, self.polls_to_ready)
-        return copy.deepcopy(ep)
-
-    def count(self, method: str, suffix: str = "") -> int:
-        return sum(1 for m, p, _ in self.calls if m == method and p.endswith(suffix))
+    def names(self) -> list[str]:
+        with self.log.quiet():
+            return [e.name for e in self.w.serving_endpoints.list()]
 
 
-def fake_workspace(api: FakeServingApi):
-    """The ``WorkspaceClient`` surface ptdeploy.serving.endpoints uses, over the fake HTTP layer."""
-    return SimpleNamespace(
-        serving_endpoints=ServingEndpointsExt(api), api_client=api, config=api._cfg
-    )
+@pytest.fixture(scope="module")
+def _serving(module_local_client):
+    # one app for the module (starting a server costs ~0.4 s); each test starts empty
+    return Serving(module_local_client)
 
 
 @pytest.fixture
-def api():
-    return FakeServingApi()
+def api(_serving):
+    _serving.reset()
+    return _serving
 
 
 @pytest.fixture
 def w(api):
-    return fake_workspace(api)
+    return api.w
 
 
 @pytest.fixture
 def clock(monkeypatch):
-    # A real sleep anywhere in the code under test would be a bug: make it loud.
-    monkeypatch.setattr(time, "sleep", lambda s: pytest.fail(f"time.sleep({s}) called"))
+    # A real sleep in the client under test (this thread) would be a bug: make it loud.
+    # The in-process server's own threads keep real time.
+    real_sleep, client_thread = time.sleep, threading.current_thread()
+
+    def sleep(seconds: float) -> None:
+        if threading.current_thread() is client_thread:
+            pytest.fail(f"time.sleep({seconds}) called")
+        real_sleep(seconds)
+
+    monkeypatch.setattr(time, "sleep", sleep)
     return FakeClock()
 
 
@@ -288,7 +182,7 @@ def spec(version=2, **kwargs) -> EndpointSpec:
         name="llama-chat",
         entity_name=MODEL,
         entity_version=version,
-        plan=ThroughputPlan.from_chunks(980, 1, 2),
+        plan=ThroughputPlan.from_chunks(CHUNK, 1, 2),
         **kwargs,
     )
 
@@ -298,8 +192,8 @@ def spec(version=2, **kwargs) -> EndpointSpec:
 
 def test_creates_when_absent(api, w, clock):
     ep = create_or_update(w, spec(tags={"team": "ml"}), clock=clock, progress=False)
-    assert api.count("POST") == 1 and api.count("PUT", "/config") == 0
-    body = next(b for m, _, b in api.calls if m == "POST")
+    assert api.log.count("POST") == 1 and api.log.count("PUT", "/config") == 0
+    [body] = api.log.bodies("POST")
     assert body["name"] == "llama-chat"
     assert body["config"]["served_entities"] == [
         {
@@ -325,54 +219,54 @@ def test_creates_when_absent(api, w, clock):
 def test_updates_when_present_never_duplicates(api, w, clock):
     api.add_endpoint("llama-chat", version="1")
     ep = create_or_update(w, spec(version=2), clock=clock, progress=False)
-    assert api.count("POST") == 0
-    assert api.count("PUT", "/config") == 1
-    assert list(api.endpoints) == ["llama-chat"]
+    assert api.log.count("POST") == 0
+    assert api.log.count("PUT", "/config") == 1
+    assert api.names() == ["llama-chat"]
     assert [se.entity_version for se in ep.config.served_entities] == ["2"]
     assert ep.config.config_version == 2
 
 
 def test_running_twice_changes_nothing_the_second_time(api, w, clock):
     create_or_update(w, spec(), clock=clock, progress=False)
-    before = (api.count("POST"), api.count("PUT"), api.count("PATCH"))
+    log = api.log
+    before = (log.count("POST"), log.count("PUT"), log.count("PATCH"))
     ep = create_or_update(w, spec(), clock=clock, progress=False)
-    assert (api.count("POST"), api.count("PUT"), api.count("PATCH")) == before
+    assert (log.count("POST"), log.count("PUT"), log.count("PATCH")) == before
     assert ep.config.config_version == 1
     # ... unless asked to redeploy anyway
     create_or_update(w, spec(), clock=clock, progress=False, force_update=True)
-    assert api.count("PUT", "/config") == 1
+    assert log.count("PUT", "/config") == 1
 
 
 def test_update_waits_out_an_update_in_progress(api, w, clock):
     api.add_endpoint("llama-chat", version="1", in_progress_polls=3)
-    # The fake answers 409 to a config update while one is IN_PROGRESS: none was answered.
+    # The app answers 409 to a config update while one is IN_PROGRESS: none was answered.
     ep = create_or_update(w, spec(version=2), clock=clock, progress=False)
-    assert api.conflicts_raised == 0
-    put_index = next(i for i, (m, p, _) in enumerate(api.calls) if m == "PUT")
-    gets_before = [c for c in api.calls[:put_index] if c[0] == "GET"]
+    assert api.log.count("PUT", "/config", status=409) == 0
+    put_index = next(i for i, c in enumerate(api.log.calls) if c.method == "PUT")
+    gets_before = [c for c in api.log.calls[:put_index] if c.method == "GET"]
     assert len(gets_before) >= 4
     assert [se.entity_version for se in ep.config.served_entities] == ["2"]
 
 
 def test_concurrent_create_409_falls_back_to_update(api, w, clock):
     # Someone else creates the endpoint between our GET (404) and our POST.
-    api.before_create = lambda: (
-        api.add_endpoint("llama-chat", version="1", in_progress_polls=1),
-        setattr(api, "before_create", None),
-    )
+    api.before_create = lambda: api.add_endpoint("llama-chat", version="1", in_progress_polls=1)
     ep = create_or_update(w, spec(version=2), clock=clock, progress=False)
-    assert api.count("POST") == 1  # the create that lost the race
-    assert api.count("PUT", "/config") == 1  # then an update, no crash
-    assert list(api.endpoints) == ["llama-chat"]
+    assert api.log.count("POST") == 1  # the create that lost the race
+    assert api.log.count("POST", status=409) == 1  # RESOURCE_ALREADY_EXISTS
+    assert api.log.count("PUT", "/config") == 1  # then an update, no crash
+    assert api.names() == ["llama-chat"]
     assert [se.entity_version for se in ep.config.served_entities] == ["2"]
 
 
 def test_update_racing_another_update_is_retried(api, w, clock):
     api.add_endpoint("llama-chat", version="1")
-    api.conflicts_on_update = 1
+    # Someone else's update starts just before ours reaches the workspace.
+    api.before_update = lambda: api.start_update("llama-chat", polls=1)
     ep = create_or_update(w, spec(version=3), clock=clock, progress=False)
-    assert api.count("PUT", "/config") == 2
-    assert api.conflicts_raised == 1
+    assert api.log.count("PUT", "/config") == 2
+    assert api.log.count("PUT", "/config", status=409) == 1  # RESOURCE_CONFLICT
     assert [se.entity_version for se in ep.config.served_entities] == ["3"]
 
 
@@ -393,25 +287,28 @@ def test_server_refusal_is_a_config_error(api, w, clock):
     )  # the server's chunk is 980
     with pytest.raises(EndpointConfigError, match="multiple of 980"):
         create_or_update(w, bad, clock=clock, progress=False)
+    assert api.log.count("POST", status=400) == 1
+    assert api.names() == []  # nothing half created
 
 
 def test_model_units_plan_sends_provisioned_model_units(api, w, clock):
     s = EndpointSpec(
         name="gpt-oss",
-        entity_name="system.ai.gpt-oss-120b",
+        entity_name=GPT_OSS,
         entity_version=1,
         plan=ModelUnitsPlan.from_chunks(50, 2),
     )
-    create_or_update(w, s, clock=clock, progress=False)
-    body = next(b for m, _, b in api.calls if m == "POST")
+    ep = create_or_update(w, s, clock=clock, progress=False)
+    [body] = api.log.bodies("POST")
     assert body["config"]["served_entities"] == [
         {
             "name": "gpt-oss-120b-1",
-            "entity_name": "system.ai.gpt-oss-120b",
+            "entity_name": GPT_OSS,
             "entity_version": "1",
             "provisioned_model_units": 100,
         }
     ]
+    assert ep.config.served_entities[0].provisioned_model_units == 100
 
 
 def test_gateway_and_tags_applied(api, w, clock):
@@ -424,8 +321,7 @@ def test_gateway_and_tags_applied(api, w, clock):
     ep = create_or_update(
         w, spec(tags={"team": "ml", "cost": "pt"}, ai_gateway=gateway), clock=clock, progress=False
     )
-    put = [b for m, p, b in api.calls if m == "PUT" and p.endswith("/ai-gateway")]
-    assert put == [
+    assert api.log.bodies("PUT", "/ai-gateway") == [
         {
             "usage_tracking_config": {"enabled": True},
             "inference_table_config": {
@@ -444,7 +340,7 @@ def test_gateway_and_tags_applied(api, w, clock):
     assert ep.ai_gateway.usage_tracking_config.enabled is True
     # Tags already there are not patched again.
     create_or_update(w, spec(tags={"team": "ml"}), clock=clock, progress=False)
-    assert api.count("PATCH", "/tags") == 1
+    assert api.log.count("PATCH", "/tags") == 1
 
 
 def test_moving_an_inference_table_disables_it_first(api, w, clock):
@@ -453,7 +349,7 @@ def test_moving_an_inference_table_disables_it_first(api, w, clock):
     create_or_update(w, spec(ai_gateway=first), clock=clock, progress=False)
     second = GatewaySpec(inference_table=InferenceTable("main", "other", "a"))
     create_or_update(w, spec(ai_gateway=second), clock=clock, progress=False)
-    puts = [b["inference_table_config"] for m, p, b in api.calls if p.endswith("/ai-gateway")]
+    puts = [b["inference_table_config"] for b in api.log.bodies("PUT", "/ai-gateway")]
     assert puts[1:] == [
         {"enabled": False},
         {"catalog_name": "main", "schema_name": "other", "table_name_prefix": "a", "enabled": True},
@@ -469,7 +365,7 @@ def test_traffic_split_between_two_versions(api, w, clock):
         traffic={"stable": 90, "canary": 10},
     )
     ep = create_or_update(w, s, clock=clock, progress=False)
-    body = next(b for m, _, b in api.calls if m == "POST")
+    [body] = api.log.bodies("POST")
     assert body["config"]["traffic_config"] == {
         "routes": [
             {"served_model_name": "stable", "traffic_percentage": 90},
@@ -482,32 +378,30 @@ def test_traffic_split_between_two_versions(api, w, clock):
 # ------------------------------------------------------------------------- waiting
 
 
-def test_wait_requires_ready_not_only_not_updating(api, w, clock):
+def test_wait_requires_ready_not_only_not_updating(local_client, clock):
+    # A READY endpoint whose worker dies: the workspace restarts it at once (no backoff),
+    # and until the new worker has loaded the endpoint is NOT_READY but NOT_UPDATING, its
+    # served entity DEPLOYMENT_RECOVERING (the healing path).
+    api = Serving(local_client, healing=HealingPolicy(backoff_s=0.0))
+    w = api.w
     api.add_endpoint("llama-chat")
-    ep = api.endpoints["llama-chat"]
-    ep["state"] = {"ready": "NOT_READY", "config_update": "NOT_UPDATING"}
-    for se in ep["config"]["served_entities"]:
-        se["state"] = {
-            "deployment": "DEPLOYMENT_RECOVERING",
-            "deployment_state_message": "Scaling up.",
-        }
+    api.polls_to_ready = None  # the restarted worker loads when this test says
+    [worker] = api.workers.made
+    worker.fail("The worker process died (exit code -9).")
     # The SDK's own waiter returns at once: NOT_UPDATING is all it checks.
-    assert (
-        w.serving_endpoints.wait_get_serving_endpoint_not_updating("llama-chat").state.ready.value
-        == "NOT_READY"
-    )
+    ep = w.serving_endpoints.wait_get_serving_endpoint_not_updating("llama-chat")
+    assert ep.state.ready.value == "NOT_READY"
+    assert ep.config.served_entities[0].state.deployment.value == "DEPLOYMENT_RECOVERING"
 
     polls = {"n": 0}
-    real_do = api.do
 
-    def do(method, path=None, **kw):
-        if method == "GET":
-            polls["n"] += 1
-            if polls["n"] == 4:
-                ep["state"]["ready"] = "READY"
-        return real_do(method, path, **kw)
+    def on_get():
+        polls["n"] += 1
+        if polls["n"] == 4:
+            for restarted in api.workers.loading():
+                restarted.load()
 
-    api.do = do
+    api.on_get = on_get
     ready = wait_until_ready(w, "llama-chat", timeout=600, clock=clock, progress=False)
     assert ready.state.ready == EndpointStateReady.READY
     assert polls["n"] == 4
@@ -535,19 +429,18 @@ def test_create_or_update_timeout_bounds_the_whole_call(api, w, clock):
     api.polls_to_ready = None
     with pytest.raises(EndpointTimeoutError, match="IN_PROGRESS"):
         create_or_update(w, spec(), timeout=300, clock=clock, progress=False)
-    assert api.count("POST") == 1
+    assert api.log.count("POST") == 1
 
 
-def test_served_entity_failing_for_good_fails_fast(api, w, clock):
+def test_served_entity_failing_for_good_fails_fast(local_client, clock):
+    # A READY endpoint whose worker dies with no restart left: healing gives up, the
+    # endpoint is NOT_READY / NOT_UPDATING with its served entity DEPLOYMENT_FAILED.
+    api = Serving(local_client, healing=HealingPolicy(max_restarts=0))
     api.add_endpoint("llama-chat")
-    ep = api.endpoints["llama-chat"]
-    ep["state"] = {"ready": "NOT_READY", "config_update": "NOT_UPDATING"}
-    ep["config"]["served_entities"][0]["state"] = {
-        "deployment": "DEPLOYMENT_FAILED",
-        "deployment_state_message": "Container crashed: out of memory.",
-    }
+    [worker] = api.workers.made
+    worker.fail("Container crashed: out of memory.")
     with pytest.raises(EndpointError, match="Container crashed: out of memory"):
-        wait_until_ready(w, "llama-chat", timeout=600, clock=clock, progress=False)
+        wait_until_ready(api.w, "llama-chat", timeout=600, clock=clock, progress=False)
     assert clock.sleeps == []
 
 
@@ -574,13 +467,13 @@ def test_get_unknown_endpoint(w):
     with pytest.raises(EndpointNotFoundError) as err:
         get_endpoint(w, "nope")
     assert "'nope' does not exist" in str(err.value)
-    assert "adb-1234.5.azuredatabricks.net" in str(err.value)
+    assert w.config.host in str(err.value)  # names the workspace it looked in
 
 
 def test_delete(api, w):
     api.add_endpoint("llama-chat")
     assert delete_endpoint(w, "llama-chat") is True
-    assert "llama-chat" not in api.endpoints
+    assert "llama-chat" not in api.names()
     assert delete_endpoint(w, "llama-chat") is False  # missing_ok by default
     with pytest.raises(EndpointNotFoundError, match="'llama-chat'"):
         delete_endpoint(w, "llama-chat", missing_ok=False)
@@ -604,7 +497,7 @@ def test_invalid_endpoint_names_refused_before_any_call(api, w, name):
     assert repr(name) in str(err.value)
     assert "letters, digits" in str(err.value)
     assert isinstance(err.value, ValueError)
-    assert api.calls == []
+    assert api.log.calls == []
 
 
 @pytest.mark.parametrize(

@@ -64,6 +64,19 @@ def test_other_supported_families(arch, model_type):
     assert desc.throughput_chunk_size == oi.MIN_CHUNK  # nothing known of its size
 
 
+@pytest.mark.parametrize(
+    ("arch", "model_type"),
+    [("GptOssForCausalLM", "gpt-oss"), ("Gemma3ForCausalLM", "gemma3")],
+)
+def test_model_unit_families_answer_a_model_unit_chunk(arch, model_type):
+    desc = oi.describe(_mlmodel(arch, "llm/v1/chat"), None, "m", "1")
+    assert desc.response() == {
+        "optimizable": True,
+        "model_type": model_type,
+        "model_unit_chunk_size": oi.MODEL_UNIT_CHUNK,
+    }
+
+
 def test_embeddings_take_the_family_of_metadata_model_type():
     gte = oi.describe(
         _mlmodel("BertModel", "llm/v1/embeddings", model_type="gte-large"), None, "m", "1"

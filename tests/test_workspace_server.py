@@ -221,6 +221,16 @@ def test_create_answers_pending_config_then_ready(env):
     ]
 
 
+def test_get_answers_the_current_state_not_the_last_background_round(env):
+    # the background loop is idle in these tests (poll_interval=3600): only the GET advances
+    create(env.client)
+    for w in env.workers:
+        w._state = "READY"
+    ep = env.client.get(f"{BASE}/ep").json()
+    assert ep["state"] == {"ready": "READY", "config_update": "NOT_UPDATING"}
+    assert ep["config"]["config_version"] == 1 and "pending_config" not in ep
+
+
 def test_duplicate_create_is_409_and_unknown_endpoints_404(env):
     assert create(env.client).status_code == 200
     dup = create(env.client)
@@ -637,6 +647,36 @@ def test_optimization_info_route(env):
     r = env.client.get(f"{BASE}/get-model-optimization-info/main.default.tiny/7")
     assert r.status_code == 404 and r.json()["error_code"] == "RESOURCE_DOES_NOT_EXIST"
     assert "main.default.tiny/7" in r.json()["message"]
+
+
+def test_model_units_served_entities(env):
+    """Models that get-model-optimization-info sizes in model units (GPT OSS, Gemma 3, Llama 4
+    Maverick on Databricks) take provisioned_model_units, multiples of their chunk."""
+    gpt_oss = ("system.ai.gpt_oss_20b", "1")
+    env.catalog.models[gpt_oss] = ModelDescription(
+        *gpt_oss, task="llm/v1/chat", architecture="GptOssForCausalLM", optimizable=True,
+        model_type="gpt_oss", model_unit_chunk_size=50,
+    )  # fmt: skip
+    r = env.client.get(f"{BASE}/get-model-optimization-info/system.ai.gpt_oss_20b/1")
+    assert r.json() == {"optimizable": True, "model_type": "gpt_oss", "model_unit_chunk_size": 50}
+    units = {"entity_name": gpt_oss[0], "entity_version": "1"}
+    for served, fragment in [
+        (units | {"provisioned_model_units": 75}, "=75 is not a multiple of the model unit chunk"),
+        (units | {"provisioned_model_units": 0}, "provisioned_model_units=0 is not valid"),
+        (units | {"max_provisioned_throughput": CHUNK}, "give provisioned_model_units, a multiple"),
+        (units | {"provisioned_model_units": 50, "scale_to_zero_enabled": True}, "scale_to_zero"),
+        (units, "the compute size is missing; give provisioned_model_units"),
+    ]:
+        r = env.client.post(BASE, json={"name": "oss", "config": {"served_entities": [served]}})
+        assert r.status_code == 400, served
+        assert fragment in r.json()["message"], r.json()["message"]
+    assert env.workers == []
+    served = units | {"provisioned_model_units": 100}
+    r = env.client.post(BASE, json={"name": "oss", "config": {"served_entities": [served]}})
+    assert r.status_code == 200, r.text
+    ready_all(env)
+    [se] = env.client.get(f"{BASE}/oss").json()["config"]["served_entities"]
+    assert se["provisioned_model_units"] == 100 and "max_provisioned_throughput" not in se
 
 
 def test_unknown_route_answers_databricks_shape(env):

@@ -19,7 +19,8 @@ Routes (all require ``Authorization: Bearer <token>``)::
 
 Each route reads its body (``protocol``), hands it to the manager (``manager``, which
 validates with ``validation`` and answers through ``render``) in a thread pool, and
-returns the answer. A background loop advances endpoint states and heals workers.
+returns the answer. A background loop advances endpoint states and heals workers; a GET
+of one endpoint advances that endpoint first, so it answers the current state.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from ptdeploy.errors import ModelVersionNotFoundError, WorkspaceApiError
@@ -331,7 +333,9 @@ def create_app(
 
     @app.get(f"{BASE}/{{name}}")
     async def get(name: str) -> JSONResponse:
-        return JSONResponse(await run_in_threadpool(manager.get, name))
+        answer, to_stop = await run_in_threadpool(manager.get, name)
+        # workers the reconcile retired stop after the answer is sent (a stop can take seconds)
+        return JSONResponse(answer, background=BackgroundTask(stop_all, to_stop))
 
     @app.delete(f"{BASE}/{{name}}")
     async def delete(name: str) -> JSONResponse:

@@ -345,9 +345,19 @@ class EndpointManager:
         routes = parse_routes(config.get("traffic_config"), entities, f"{prefix}traffic_config")
         return st.EndpointConfig(entities, routes, config_version=config_version, start_time=now)
 
-    def get(self, name: str) -> dict[str, Any]:
+    def get(self, name: str) -> tuple[dict[str, Any], list[Worker]]:
+        """The endpoint as it is now, and the workers that became superfluous (to stop).
+
+        The endpoint is reconciled first, so what a client reads is current rather than
+        one background tick old: Databricks derives ``state.ready`` from the served
+        entities' current states ("An endpoint is READY if all of the served entities in
+        its active configuration are ready", EndpointState in
+        https://docs.databricks.com/api/workspace/servingendpoints/get).
+        """
         with self.lock:
-            return self.render(self._record(name))
+            self._record(name)  # 404 first
+            to_stop = self.reconcile([name])
+            return self.render(self._record(name)), to_stop
 
     def list(self) -> dict[str, Any]:
         with self.lock:
@@ -523,11 +533,15 @@ class EndpointManager:
 
     # ---- state machine
 
-    def reconcile(self) -> list[Worker]:
-        """Advance updates whose workers finished loading; return the workers to stop."""
+    def reconcile(self, names: Iterable[str] | None = None) -> list[Worker]:
+        """Advance updates whose workers finished loading, heal dead workers, scale idle
+        ones to zero (of every endpoint, or of ``names``); return the workers to stop."""
         to_stop: list[Worker] = []
         with self.lock:
+            wanted = None if names is None else set(names)
             for name, rec in list(self.records.items()):
+                if wanted is not None and name not in wanted:
+                    continue
                 if rec.config is not None and name in self.recovering:
                     workers = self.active.get(name, {})
                     if all(w.state != "LOADING" for w in workers.values()):

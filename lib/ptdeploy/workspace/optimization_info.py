@@ -13,7 +13,8 @@ version's ``MLmodel`` from the local MLflow registry:
 - for embedding models, ``metadata.model_type`` (``gte-large``, ``bge-large``...).
 
 Eligible: Llama, Mistral, Mixtral, MPT and DBRX causal LMs (``model_type`` ``llama``,
-``mistral``, ``mixtral``, ``mpt``, ``dbrx``) and BERT-family encoders logged for
+``mistral``, ``mixtral``, ``mpt``, ``dbrx``), GPT OSS, Gemma 3 and Llama 4 (sized in model
+units: ``model_unit_chunk_size`` instead of ``throughput_chunk_size``, as on Databricks) and BERT-family encoders logged for
 ``llm/v1/embeddings`` (``model_type`` from the logged ``metadata.model_type`` family:
 ``gte`` or ``bge``; ``bert`` when none was logged — Databricks' own value for embedding
 models is not documented, this is the local choice). Anything else answers
@@ -60,6 +61,18 @@ CAUSAL_FAMILIES: dict[str, str] = {
     "MptForCausalLM": "mpt",
     "DbrxForCausalLM": "dbrx",
 }
+# Families Databricks provisions in model units, not tokens per second ("Models that use
+# model units": GPT OSS 120B/20B, Gemma 3 12B, Llama 4 Maverick;
+# https://docs.databricks.com/aws/en/machine-learning/foundation-model-apis/model-units).
+MODEL_UNIT_FAMILIES: dict[str, str] = {
+    "GptOssForCausalLM": "gpt-oss",
+    "Gemma3ForCausalLM": "gemma3",
+    "Gemma3ForConditionalGeneration": "gemma3",
+    "Llama4ForConditionalGeneration": "llama4",
+}
+# Databricks documents no chunk value for model units; its example provisions 50. The
+# local workspace answers 50: one chunk is one worker, as a throughput chunk is.
+MODEL_UNIT_CHUNK = 50
 # BERT-family encoders used by GTE/BGE (NewModel is gte-*-en-v1.5's remote-code class).
 ENCODER_ARCHITECTURES = ("BertModel", "XLMRobertaModel", "RobertaModel", "NewModel")
 
@@ -79,11 +92,22 @@ class ModelDescription:
     throughput_chunk_size: int | None = None
     parameter_count: int | None = None
     reason: str = ""  # why it is not optimizable, for error messages
+    # Set for the families Databricks provisions in model units rather than tokens per
+    # second (GPT OSS, Gemma 3, Llama 4 Maverick: "Models that use model units",
+    # https://docs.databricks.com/aws/en/machine-learning/foundation-model-apis/model-units):
+    # served entities then give provisioned_model_units, a multiple of this chunk.
+    model_unit_chunk_size: int | None = None
 
     def response(self) -> dict[str, Any]:
         """The body of ``GET .../get-model-optimization-info/{name}/{version}``."""
         if not self.optimizable:
             return {"optimizable": False}
+        if self.model_unit_chunk_size is not None:
+            return {
+                "optimizable": True,
+                "model_type": self.model_type,
+                "model_unit_chunk_size": self.model_unit_chunk_size,
+            }
         return {
             "optimizable": True,
             "model_type": self.model_type,
@@ -231,12 +255,20 @@ def describe(
             parameter_count=params,
             throughput_chunk_size=throughput_chunk_size(params, "encoder"),
         )
+    if architecture in MODEL_UNIT_FAMILIES:
+        return _replace(
+            base,
+            optimizable=True,
+            model_type=MODEL_UNIT_FAMILIES[architecture],
+            parameter_count=params,
+            model_unit_chunk_size=MODEL_UNIT_CHUNK,
+        )
     model_type = CAUSAL_FAMILIES.get(architecture or "")
     if model_type is None:
         return _replace(
             base,
             reason=f"architecture {architecture} is not one provisioned throughput serves "
-            f"({', '.join(CAUSAL_FAMILIES)})",
+            f"({', '.join([*CAUSAL_FAMILIES, *MODEL_UNIT_FAMILIES])})",
         )
     return _replace(
         base,

@@ -26,6 +26,8 @@ def served_model_state(deployment: str, message: str) -> sv.ServedModelState:
 
 
 def _throughput(e: st.ServedEntity) -> dict[str, Any]:
+    if e.provisioned_model_units is not None:
+        return {"provisioned_model_units": e.provisioned_model_units}
     if e.max_provisioned_throughput is None:
         return {}
     return {
@@ -60,7 +62,12 @@ def _entities(
             )
         )
         models.append(
-            sv.ServedModelOutput(model_name=e.entity_name, model_version=e.entity_version, **common)
+            sv.ServedModelOutput(
+                model_name=e.entity_name,
+                model_version=e.entity_version,
+                provisioned_model_units=e.provisioned_model_units,
+                **common,
+            )
         )
     return entities, models
 

@@ -48,6 +48,9 @@ class ServedEntity:
     task: str
     min_provisioned_throughput: int | None = None
     max_provisioned_throughput: int | None = None
+    # model units instead of tokens/s, for the models get-model-optimization-info answers
+    # a model_unit_chunk_size for
+    provisioned_model_units: int | None = None
     scale_to_zero_enabled: bool = False
     workload_size: str | None = None
     workload_type: str | None = None

@@ -41,7 +41,7 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _int_field(value: Any, field: str) -> int:
+def _int_field(value: Any, field: str, unit: str = "tokens per second") -> int:
     """An integer as Databricks' JSON accepts it (a number, or a string of digits)."""
     if _is_int(value):
         return value
@@ -49,7 +49,7 @@ def _int_field(value: Any, field: str) -> int:
         return int(value)
     if isinstance(value, str) and value.strip().lstrip("-").isdigit():
         return int(value.strip())
-    raise invalid(not_valid(field, value, "an integer (tokens per second)"))
+    raise invalid(not_valid(field, value, f"an integer ({unit})"))
 
 
 def _bool_field(value: Any, field: str) -> bool:
@@ -177,7 +177,9 @@ def _parse_served_entity(
             name_rules.check_served_entity_name(name, f"{field}.name")
         except EndpointConfigError as exc:
             raise invalid(str(exc)) from exc
-    if item.get("provisioned_model_units") is not None:
+    model_units = desc.optimizable and desc.model_unit_chunk_size is not None
+    has_units = item.get("provisioned_model_units") is not None
+    if has_units and not model_units:
         raise invalid(
             f"{field}.provisioned_model_units is not valid for {entity_name} version {version}: "
             "get-model-optimization-info answers a throughput_chunk_size for it, so give "
@@ -219,6 +221,13 @@ def _parse_served_entity(
         creator=creator,
         creation_timestamp=now_ms,
     )
+    if model_units and (has_units or has_min or has_max):
+        return replace(
+            entity,
+            provisioned_model_units=_model_units(
+                item, field, desc, tokens_given=has_min or has_max, scale_to_zero=scale_to_zero
+            ),
+        )
     if has_min or has_max:
         if workload_size is not None:
             raise invalid(
@@ -234,12 +243,19 @@ def _parse_served_entity(
             )
         return replace(entity, **_throughput(item, field, desc, scale_to_zero))
     if workload_size is None:
-        hint = (
-            f"min_provisioned_throughput and max_provisioned_throughput (multiples of "
-            f"{desc.throughput_chunk_size} tokens/s for this model: {_multiples(desc.throughput_chunk_size or 10)})"
-            if desc.optimizable
-            else "workload_size ('Small', 'Medium' or 'Large')"
-        )
+        if model_units:
+            hint = (
+                f"provisioned_model_units (a multiple of {desc.model_unit_chunk_size} model "
+                f"units for this model: {_multiples(desc.model_unit_chunk_size or 1)})"
+            )
+        elif desc.optimizable:
+            hint = (
+                f"min_provisioned_throughput and max_provisioned_throughput (multiples of "
+                f"{desc.throughput_chunk_size} tokens/s for this model: "
+                f"{_multiples(desc.throughput_chunk_size or 10)})"
+            )
+        else:
+            hint = "workload_size ('Small', 'Medium' or 'Large')"
         raise invalid(f"{field}: the compute size is missing; give {hint}.")
     if workload_size not in WORKLOAD_SIZES:
         raise invalid(
@@ -263,16 +279,7 @@ def _throughput(
     lo = 0 if raw_min is None else _int_field(raw_min, f"{field}.min_provisioned_throughput")
     model = f"{desc.name} version {desc.version}"
     for key, value in (("min_provisioned_throughput", lo), ("max_provisioned_throughput", hi)):
-        if value < 0:
-            raise invalid(
-                f"{field}.{key}={value} is negative; it is in tokens per second, 0 or more."
-            )
-        if value % chunk:
-            lower = value // chunk * chunk
-            raise invalid(
-                f"{field}.{key}={value} is not a multiple of the throughput chunk size {chunk} of "
-                f"{model}; valid values: {_multiples(chunk)} (nearest: {lower} or {lower + chunk})."
-            )
+        _check_multiple(f"{field}.{key}", value, chunk, "tokens per second", model)
     most = chunk * limits.MAX_THROUGHPUT_CHUNKS
     if hi > most:
         raise invalid(
@@ -296,6 +303,73 @@ def _throughput(
             "set min to 0 or disable scale to zero."
         )
     return {"min_provisioned_throughput": lo, "max_provisioned_throughput": hi}
+
+
+# the chunk size each unit of provisioned capacity comes in (get-model-optimization-info)
+_CHUNK_NAME = {"tokens per second": "throughput chunk size", "model units": "model unit chunk size"}
+
+
+def _check_multiple(field: str, value: int, chunk: int, unit: str, model: str) -> None:
+    """``value`` (in ``unit``) is 0 or more and a multiple of ``model``'s chunk size ``chunk``."""
+    if value < 0:
+        raise invalid(f"{field}={value} is negative; it is in {unit}, 0 or more.")
+    if value % chunk:
+        lower = value // chunk * chunk
+        raise invalid(
+            f"{field}={value} is not a multiple of the {_CHUNK_NAME[unit]} {chunk} of {model}; "
+            f"valid values: {_multiples(chunk)} (nearest: {lower} or {lower + chunk}). Every "
+            f"provisioned value of this model is a multiple of {chunk}."
+        )
+
+
+def _model_units(
+    item: dict[str, Any],
+    field: str,
+    desc: ModelDescription,
+    *,
+    tokens_given: bool,
+    scale_to_zero: bool,
+) -> int:
+    """``provisioned_model_units`` of a model provisioned in model units: a positive multiple
+    of its ``model_unit_chunk_size``, instead of min/max_provisioned_throughput
+    (https://docs.databricks.com/aws/en/machine-learning/foundation-model-apis/model-units)."""
+    chunk = int(desc.model_unit_chunk_size or 1)
+    model = f"{desc.name} version {desc.version}"
+    if tokens_given:
+        raise invalid(
+            f"{field}: {model} is provisioned in model units (get-model-optimization-info "
+            f"answers model_unit_chunk_size={chunk}): give provisioned_model_units, a "
+            f"multiple of {chunk} ({_multiples(chunk)}), instead of "
+            "min/max_provisioned_throughput."
+        )
+    if item.get("workload_size") is not None:
+        raise invalid(
+            f"{field}: give either workload_size or provisioned_model_units, not both "
+            f"({model} is provisioned in model units)."
+        )
+    if scale_to_zero:
+        raise invalid(
+            f"{field}: scale_to_zero_enabled=true is not available with "
+            f"provisioned_model_units: a model-units endpoint keeps its capacity; set it to "
+            "false."
+        )
+    units = _int_field(
+        item.get("provisioned_model_units"), f"{field}.provisioned_model_units", "model units"
+    )
+    _check_multiple(f"{field}.provisioned_model_units", units, chunk, "model units", model)
+    if units == 0:
+        raise invalid(
+            f"{field}.provisioned_model_units=0 is not valid: it must be at least one chunk, "
+            f"{chunk} model units for {model}."
+        )
+    most = chunk * limits.MAX_THROUGHPUT_CHUNKS
+    if units > most:
+        raise invalid(
+            f"{field}.provisioned_model_units={units} is more than the local workspace "
+            f"provisions for one served entity: at most {limits.MAX_THROUGHPUT_CHUNKS} chunks of "
+            f"{chunk} model units, {most} for {model}."
+        )
+    return units
 
 
 def parse_routes(raw: Any, entities: list[st.ServedEntity], field: str) -> list[st.Route]:
