@@ -141,9 +141,11 @@ def run_notebook(
     return result
 
 
-# What a template's kernel imports before its first step can run (seconds of CPU on two
-# cores): a kernel started ahead imports them while the notebook before it still runs.
-WARM_IMPORTS = ("ptdeploy.templates.flow", "mlflow", "torch", "transformers")
+# What every template's kernel imports in its first step (``flow.start`` configures
+# MLflow): a kernel started ahead imports them while the notebook before it still runs.
+# Only these: a module some tasks never import (torch, transformers: a promote task has
+# no model to load) would cost those tasks CPU that two cores do not have to spare.
+WARM_IMPORTS = ("ptdeploy.templates.flow", "mlflow")
 
 
 class WarmKernel:
