@@ -49,6 +49,29 @@ def _stop_local_workspace_at_end():
         pass
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _no_endpoint_outlives_its_module():
+    """Delete the session workspace's endpoints after each test module.
+
+    Endpoints live on disk in the session's state and come back, each loading its worker
+    process, whenever the local workspace starts again; the notebooks and jobs of one
+    module would otherwise load their models again in every later module that restarts
+    the workspace, and hold gigabytes while idle. No module uses another's endpoints.
+    """
+    yield
+    from ptdeploy import state, targets
+    from ptdeploy.workspace import store as st
+
+    if targets.local_workspace_running():  # through the API: the workers stop too
+        w = targets.workspace_client("local")
+        for endpoint in w.serving_endpoints.list():
+            w.serving_endpoints.delete(endpoint.name)
+    else:  # a module that stopped the workspace left its endpoints on disk
+        endpoints = st.EndpointStore(state.workspace_dir() / "endpoints")
+        for record in endpoints.load_all():
+            endpoints.delete(record.name)
+
+
 def _register(loaded, task: str, name: str, **kwargs) -> tuple[str, str]:
     from ptdeploy import targets
     from ptdeploy.models import model_logging, registry

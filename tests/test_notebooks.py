@@ -102,6 +102,7 @@ def test_llama_notebook_on_tiny_llama_twice_updates_the_same_endpoint(tmp_path):
         "endpoint_name": "nb-tiny-llama",
         "max_tokens": "4",
     }
+    ahead = runner.WarmKernel(nb, {})  # run 2's kernel starts while run 1 runs
     first = runner.run_notebook(nb, params, overrides, out_dir=tmp_path / "1", progress=False)
     assert first.ok, first.describe_failure()
     assert first.summary["registered_model"] == "main.default.nb_tiny_llama"
@@ -112,7 +113,10 @@ def test_llama_notebook_on_tiny_llama_twice_updates_the_same_endpoint(tmp_path):
     # registration moved the challenger; the smoke test passed, so champion moved too
     assert first.summary["alias"] == "challenger" and first.summary["champion_version"] == "1"
 
-    second = runner.run_notebook(nb, params, overrides, out_dir=tmp_path / "2", progress=False)
+    after = runner.WarmKernel(nb, {})  # and run 3's while run 2 runs
+    second = runner.run_notebook(
+        nb, params, overrides, out_dir=tmp_path / "2", progress=False, kernel=ahead
+    )
     assert second.ok, second.describe_failure()
     assert second.summary["version"] == "2"
     assert second.summary["endpoint_served_versions"] == ["2"]
@@ -124,6 +128,7 @@ def test_llama_notebook_on_tiny_llama_twice_updates_the_same_endpoint(tmp_path):
         {**overrides, "steps": "smoke_test", "teardown": "true"},
         out_dir=tmp_path / "3",
         progress=False,
+        kernel=after,
     )
     assert third.ok, third.describe_failure()
     assert third.summary["version"] == "2"
@@ -160,6 +165,7 @@ def test_llama_notebook_chat_task_with_gateway_then_a_canary_promoted(tmp_path):
         "inference_table_schema": "default",
         "tags": "team=ml",
     }
+    ahead = runner.WarmKernel(nb, {})  # run 2's kernel starts while run 1 runs
     first = runner.run_notebook(nb, params, overrides, out_dir=tmp_path / "1", progress=False)
     assert first.ok, first.describe_failure()
     assert first.summary["task"] == "llm/v1/chat" and first.summary["sample_completion"]
@@ -171,7 +177,12 @@ def test_llama_notebook_chat_task_with_gateway_then_a_canary_promoted(tmp_path):
     assert "row(s)" in first.output.read_text(), "the notebook showed the rows"
 
     second = runner.run_notebook(
-        nb, params, {**overrides, "canary_percent": "50"}, out_dir=tmp_path / "2", progress=False
+        nb,
+        params,
+        {**overrides, "canary_percent": "50"},
+        out_dir=tmp_path / "2",
+        progress=False,
+        kernel=ahead,
     )
     assert second.ok, second.describe_failure()
     text = second.output.read_text()
