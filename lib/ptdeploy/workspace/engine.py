@@ -77,6 +77,7 @@ and batched prefill.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -84,7 +85,7 @@ import os
 import re
 import time
 import types
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -166,6 +167,31 @@ def estimate_tokens_per_second(parameter_count: int, kind: str = "causal-lm") ->
         step = STEP_OVERHEAD_S + 4.0 * p / MEMORY_BANDWIDTH + DECODE_BATCH * 2.0 * p / CPU_FLOPS
         tps = DECODE_BATCH / step
     return max(1, int(tps))
+
+
+# ------------------------------------------------------------------ load phases
+
+
+class LoadPhases:
+    """Wall-clock seconds of each phase of loading an engine, in order (``Engine.load_phases``).
+
+    The worker logs them in one line when it is READY, so start-up can be read phase by
+    phase from the server log (``benchmarks/startup.py`` does).
+    """
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def timed(self, phase: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - started
+
+    def describe(self) -> str:
+        return ", ".join(f"{name} {s:.2f} s" for name, s in self.seconds.items())
 
 
 # ------------------------------------------------------------------ batch invariance
@@ -532,7 +558,7 @@ def _register_rowwise_attention() -> None:
         ALL_MASK_ATTENTION_FUNCTIONS.register(ROWWISE_ATTENTION, sdpa_mask)
 
 
-def make_batch_invariant(model: Any, max_rows: int) -> int | None:
+def make_batch_invariant(model: Any, max_rows: int, phases: LoadPhases | None = None) -> int | None:
     """Switch a causal LM to calibrated linears and row-wise attention.
 
     Returns the calibrated row multiple (``PER_ROW`` included), or None when the model's
@@ -549,7 +575,7 @@ def make_batch_invariant(model: Any, max_rows: int) -> int | None:
     except Exception as exc:  # a model class that refuses custom attention
         log.warning("row-wise attention not available for %s: %s", model_type, exc)
         return None
-    multiple = calibrate_linear_rows_packed(model, max_rows)
+    multiple = calibrate_linear_rows_packed(model, max_rows, phases or LoadPhases())
     set_linear_row_multiple(model, multiple)
     for module in model.modules():
         if isinstance(module, torch.nn.Linear):
@@ -557,18 +583,20 @@ def make_batch_invariant(model: Any, max_rows: int) -> int | None:
     return multiple
 
 
-def calibrate_linear_rows_packed(model: Any, max_rows: int) -> int:
+def calibrate_linear_rows_packed(model: Any, max_rows: int, phases: LoadPhases) -> int:
     """Pack the linear weights for oneDNN and calibrate; unpack if only PER_ROW holds with it.
 
     The row multiple, as ``calibrate_linear_rows``; the row counts that need no padding
     are measured too (``calibrate_unpadded_rows``).
     """
-    packed = pack_linear_weights(model, max_rows)
-    multiple = calibrate_linear_rows(model, max_rows)
-    if packed and multiple == PER_ROW:  # this CPU's oneDNN kernel is not invariant: MKL's?
-        unpack_linear_weights(model)
+    with phases.timed("packing"):
+        packed = pack_linear_weights(model, max_rows)
+    with phases.timed("linear calibration"):
         multiple = calibrate_linear_rows(model, max_rows)
-    calibrate_unpadded_rows(model, max_rows, multiple)
+        if packed and multiple == PER_ROW:  # this CPU's oneDNN kernel is not invariant: MKL's?
+            unpack_linear_weights(model)
+            multiple = calibrate_linear_rows(model, max_rows)
+        calibrate_unpadded_rows(model, max_rows, multiple)
     return multiple
 
 
@@ -646,9 +674,11 @@ class Engine:
         embed_batch_rows: int = 64,
         seed: int | None = None,
         clock: Callable[[], float] = time.time,
+        load_phases: LoadPhases | None = None,
     ) -> None:
         import torch
 
+        self.load_phases = load_phases or LoadPhases()
         if task not in TASKS:
             raise ModelLoadError(f"task={task!r} is not served; valid tasks: {', '.join(TASKS)}")
         self.model = model.eval()
@@ -684,16 +714,20 @@ class Engine:
                 )
             self.eos_ids = self._eos_ids()
             self.pad_id = self._pad_id()
-            multiple = make_batch_invariant(self.model, self.max_batch_rows)
+            phases = self.load_phases
+            multiple = make_batch_invariant(self.model, self.max_batch_rows, phases)
             if multiple is not None:
                 self._row_multiples[torch.get_num_threads()] = multiple
-                self._prefill_rows[torch.get_num_threads()] = calibrate_prefill_rows(
-                    self.model, self.max_batch_rows
-                )
-                self._group_attention[torch.get_num_threads()] = attention_rows_invariant(
-                    self.model, self.max_batch_rows
-                )
-                self.batch_invariant = self._check_batch_invariance()
+                with phases.timed("prefill calibration"):
+                    self._prefill_rows[torch.get_num_threads()] = calibrate_prefill_rows(
+                        self.model, self.max_batch_rows
+                    )
+                with phases.timed("attention calibration"):
+                    self._group_attention[torch.get_num_threads()] = attention_rows_invariant(
+                        self.model, self.max_batch_rows
+                    )
+                with phases.timed("invariance check"):
+                    self.batch_invariant = self._check_batch_invariance()
 
     # ------------------------------------------------------------------ loading
 
@@ -719,12 +753,15 @@ class Engine:
         The registry is read before torch and transformers are imported, so a wrong
         name or version fails in about two seconds, not ten.
         """
-        path, mlmodel = resolve_model_version(model_name, str(version), tracking_uri)
+        phases = LoadPhases()
+        with phases.timed("registry"):
+            path, mlmodel = resolve_model_version(model_name, str(version), tracking_uri)
         task = model_task(mlmodel, f"{model_name} version {version}")
 
-        import torch
-        from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
-        from transformers.utils import logging as hf_logging
+        with phases.timed("imports"):
+            import torch
+            from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+            from transformers.utils import logging as hf_logging
 
         if torch_threads:
             torch.set_num_threads(torch_threads)
@@ -743,19 +780,22 @@ class Engine:
         auto = AutoModel if task == TASK_EMBEDDINGS else AutoModelForCausalLM
         try:
             if model_dir.is_dir() and tokenizer_dir.is_dir():
-                model = auto.from_pretrained(model_dir, dtype=torch_dtype[dtype])
-                tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+                with phases.timed("weights"):
+                    model = auto.from_pretrained(model_dir, dtype=torch_dtype[dtype])
+                with phases.timed("tokenizer"):
+                    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
             else:  # save_pretrained=False: weights come from the hub (or its local cache)
                 import mlflow.transformers
 
-                parts = mlflow.transformers.load_model(path.as_uri(), return_type="components")
+                with phases.timed("weights"):
+                    parts = mlflow.transformers.load_model(path.as_uri(), return_type="components")
                 model, tokenizer = parts["model"].to(torch_dtype[dtype]), parts["tokenizer"]
         except Exception as exc:
             raise ModelLoadError(
                 f"cannot load the weights of {model_name} version {version} from {path}: {exc}"
             ) from exc
         kwargs.setdefault("served_name", model_name)
-        return cls(model, tokenizer, task, metadata.get("pooling"), **kwargs)
+        return cls(model, tokenizer, task, metadata.get("pooling"), load_phases=phases, **kwargs)
 
     def _check_pooling(self, pooling: dict[str, Any] | None) -> dict[str, Any]:
         merged = dict(DEFAULT_POOLING)

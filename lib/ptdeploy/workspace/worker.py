@@ -600,6 +600,7 @@ def _worker_main(conn: Any, config: WorkerConfig) -> None:
         log.error("%s%s", message, "" if expected else "\n" + traceback.format_exc())
         conn.close()
         raise SystemExit(1) from None
+    load_seconds = time.monotonic() - started
     conn.send(
         (
             "ready",
@@ -608,9 +609,16 @@ def _worker_main(conn: Any, config: WorkerConfig) -> None:
                 "batch_invariant": engine.batch_invariant,
                 "linear_row_multiple": engine.linear_row_multiple,
                 "torch_threads": config.torch_threads,
-                "load_seconds": round(time.monotonic() - started, 3),
+                "load_seconds": round(load_seconds, 3),
             },
         )
+    )
+    log.info(
+        "loaded %s version %s in %.2f s: %s",
+        config.model_name,
+        config.model_version,
+        load_seconds,
+        engine.load_phases.describe(),
     )
     inbox: queue.Queue[tuple[Any, ...] | None] = queue.Queue()
 
