@@ -47,7 +47,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "lib"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import load_average, wait_for_quiet_children  # noqa: E402
+from harness import HttpEndpoint, load_average, wait_for_quiet_children  # noqa: E402
 from serving import (  # noqa: E402
     BenchModel,
     _cpu_model,
@@ -69,6 +69,8 @@ class Round:
     create_to_ready_s: float
     load_s: float | None = None
     phases: dict[str, float] = field(default_factory=dict)
+    first_query_s: float | None = None  # the workload's request, right after READY
+    second_query_s: float | None = None
 
 
 def worker_line(log: Path, offset: int, model: BenchModel, timeout_s: float = 10.0) -> Round | None:
@@ -106,10 +108,18 @@ def create_rounds(w: Any, model: BenchModel, version: str, rounds: int) -> list[
         seconds = time.perf_counter() - t0
         found = worker_line(log, offset, model) or Round(0.0)
         found.create_to_ready_s = seconds
+        endpoint = HttpEndpoint(
+            f"{w.config.host}/serving-endpoints/{model.endpoint}/invocations", token=w.config.token
+        )
+        for attr in ("first_query_s", "second_query_s"):
+            t0 = time.perf_counter()
+            endpoint.query(model.endpoint, **model.workload.query_kwargs())
+            setattr(found, attr, time.perf_counter() - t0)
         results.append(found)
         print(
             f"  {model.key} round {n + 1}: create -> READY {seconds:.2f} s "
-            f"(worker {found.load_s} s: {found.phases})",
+            f"(worker {found.load_s} s: {found.phases}); first query "
+            f"{found.first_query_s:.2f} s, second {found.second_query_s:.2f} s",
             flush=True,
         )
     endpoints.delete_endpoint(w, model.endpoint)
@@ -145,6 +155,10 @@ def import_times(mode: str, repeats: int) -> list[dict[str, float]]:
     return out
 
 
+def _num(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
 def _stats(values: list[float]) -> str:
     if not values:
         return "–"
@@ -175,15 +189,18 @@ def render(
         "",
         "## create → READY (databricks-sdk, fresh endpoint each round)",
         "",
-        "| model | round 1 (s) | later rounds, median (min–max) (s) | worker load, later rounds (s) |",
-        "|---|---|---|---|",
+        "| model | round 1 (s) | later rounds, median (min–max) (s) | worker load, later "
+        "rounds (s) | first query after READY (s) | second query (s) |",
+        "|---|---|---|---|---|---|",
     ]
     for key, rounds in results.items():
         later = rounds[1:]
         lines.append(
             f"| {key} | {rounds[0].create_to_ready_s:.2f} | "
             f"{_stats([r.create_to_ready_s for r in later])} | "
-            f"{_stats([r.load_s for r in later if r.load_s is not None])} |"
+            f"{_stats([r.load_s for r in later if r.load_s is not None])} | "
+            f"{_stats([r.first_query_s for r in rounds if r.first_query_s is not None])} | "
+            f"{_stats([r.second_query_s for r in rounds if r.second_query_s is not None])} |"
         )
     lines += ["", "## Worker load phases (s, from the server log)", ""]
     for key, rounds in results.items():
@@ -193,14 +210,18 @@ def render(
         lines += [
             f"### {key}",
             "",
-            "| round | create → READY | worker load | " + " | ".join(names) + " |",
-            "|---|---|---|" + "---|" * len(names),
+            "| round | create → READY | worker load | "
+            + " | ".join(names)
+            + " | first query | second query |",
+            "|---|---|---|" + "---|" * (len(names) + 2),
         ]
         for i, r in enumerate(rounds, 1):
             cells = [f"{r.phases[n]:.2f}" if n in r.phases else "–" for n in names]
-            load = f"{r.load_s:.2f}" if r.load_s is not None else "–"
+            cells += [_num(r.first_query_s), _num(r.second_query_s)]
             lines.append(
-                f"| {i} | {r.create_to_ready_s:.2f} | {load} | " + " | ".join(cells) + " |"
+                f"| {i} | {r.create_to_ready_s:.2f} | {_num(r.load_s)} | "
+                + " | ".join(cells)
+                + " |"
             )
         lines.append("")
     if imports:

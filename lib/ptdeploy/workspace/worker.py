@@ -535,8 +535,59 @@ class SparePool:
 
 def _spare_main(conn: Any) -> None:
     """A spare worker: import what loading a model needs, then wait to be given one."""
+    prepare_worker_process()
+    try:
+        message = conn.recv()
+    except (EOFError, OSError):  # the server went away before needing this spare
+        os._exit(0)
+    if not (isinstance(message, tuple) and message and message[0] == "load"):
+        os._exit(0)
+    _worker_main(conn, message[1])
+
+
+def _process_environment() -> None:
+    """The environment of every worker process, before anything imports transformers."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    skip_unused_imports()
+
+
+def skip_unused_imports() -> None:
+    """Keep scikit-learn out of the worker processes ptdeploy owns.
+
+    transformers' generation module (``transformers/generation/candidate_generator.py``,
+    imported by every causal LM's modeling code through ``GenerationMixin``) runs
+    ``if is_sklearn_available(): from sklearn.metrics import roc_curve`` at import time,
+    for one feature: assisted generation with an ``assistant_confidence_threshold``. The
+    engine never calls ``generate`` with an assistant model, yet the import costs about
+    2 s of CPU in every process that loads a causal LM (``python -X importtime -c "import
+    transformers.models.llama.modeling_llama"``: sklearn 1.9-2.1 s of 7.5-8.4 s, here).
+
+    How: ``sys.modules["sklearn"] = None``, the interpreter's documented way to block an
+    import. ``importlib.util.find_spec("sklearn")`` then answers None, so transformers'
+    own ``is_sklearn_available()`` is False and its generation module takes the path it
+    takes on a machine without scikit-learn (the threshold feature off, nothing else
+    changed); any other ``import sklearn`` in the process fails loudly with ImportError
+    rather than half-working. Rejected: replacing ``transformers.utils.is_sklearn_available``
+    (depends on how that module binds the name, and on its ``lru_cache``), uninstalling
+    scikit-learn (MLflow's sklearn flavor and users' notebooks share this environment).
+
+    Only for the worker and spare processes: a user's process keeps scikit-learn. Does
+    nothing once scikit-learn or transformers' generation module is imported (the cost
+    is paid, and blocking then would break a module that holds it).
+    """
+    if "sklearn" in sys.modules or "transformers.generation.candidate_generator" in sys.modules:
+        return
+    sys.modules["sklearn"] = None  # type: ignore[assignment]
+    import_utils = sys.modules.get("transformers.utils.import_utils")
+    if import_utils is not None:  # an earlier answer is cached: ask again
+        import_utils.is_sklearn_available.cache_clear()
+
+
+def prepare_worker_process() -> None:
+    """What a worker process can do before it knows its model (a spare does it ahead of
+    need): its environment, the imports loading a model needs, ``_warm_up_loading``."""
+    _process_environment()
     import mlflow.models  # noqa: F401
     import torch  # noqa: F401
     import transformers  # noqa: F401
@@ -546,13 +597,6 @@ def _spare_main(conn: Any) -> None:
     import ptdeploy.workspace.engine  # noqa: F401
 
     _warm_up_loading()
-    try:
-        message = conn.recv()
-    except (EOFError, OSError):  # the server went away before needing this spare
-        os._exit(0)
-    if not (isinstance(message, tuple) and message and message[0] == "load"):
-        os._exit(0)
-    _worker_main(conn, message[1])
 
 
 def _warm_up_loading() -> None:
@@ -577,8 +621,7 @@ def _warm_up_loading() -> None:
 
 def _worker_main(conn: Any, config: WorkerConfig) -> None:
     """Entry point of the worker process: load the engine, then serve until told to stop."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    _process_environment()
     logging.basicConfig(level=logging.INFO, format=f"[worker {config.entity_name}] %(message)s")
     started = time.monotonic()
     try:
