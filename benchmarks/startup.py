@@ -15,7 +15,9 @@ and times it to ``READY / NOT_UPDATING``. The worker's own line in the server lo
 its load time and phases (registry, weights, tokenizer, packing, calibration, ...).
 
 Round 1 on a fresh state directory is the first load on this machine (calibration and
-the invariance check are measured); later rounds reuse their cached results. With
+the invariance check are measured); later rounds reuse their cached results.
+``--alternate-cold`` removes the cache before rounds 1, 3, ... so that measured and
+cached loads alternate under the same machine load (the machine is shared). With
 ``--no-spare`` the server starts with ``PTDEPLOY_SPARE_WORKERS=0``: every create spawns
 a worker that does its imports first. ``--imports`` also times, in fresh interpreters,
 what the spare does before it is given a model, with and without
@@ -72,6 +74,14 @@ class Round:
     first_query_s: float | None = None  # the workload's request, right after READY
     second_query_s: float | None = None
 
+    @property
+    def kind(self) -> str:
+        """``measured``: the worker calibrated (first load on this machine, or the cache was
+        cleared); ``cached``: it read the calibration back; ``none``: nothing to calibrate."""
+        if "linear calibration" in self.phases:
+            return "measured"
+        return "cached" if "cache" in self.phases else "none"
+
 
 def worker_line(log: Path, offset: int, model: BenchModel, timeout_s: float = 10.0) -> Round | None:
     """The worker's "loaded ..." line written after ``offset`` (it follows READY closely)."""
@@ -89,9 +99,15 @@ def worker_line(log: Path, offset: int, model: BenchModel, timeout_s: float = 10
     return None
 
 
-def create_rounds(w: Any, model: BenchModel, version: str, rounds: int) -> list[Round]:
+def create_rounds(
+    w: Any, model: BenchModel, version: str, rounds: int, alternate: bool
+) -> list[Round]:
+    """``rounds`` fresh endpoints; with ``alternate`` the calibration cache is removed before
+    every other round (1, 3, ...), so measured and cached loads meet the same machine load."""
+    from ptdeploy import state
     from ptdeploy.serving import endpoints, optimization, throughput
     from ptdeploy.workspace import control
+    from ptdeploy.workspace.engine import CALIBRATION_DIR
 
     info = optimization.get_optimization_info(w, model.registered_name, version)
     spec = endpoints.EndpointSpec(
@@ -102,6 +118,8 @@ def create_rounds(w: Any, model: BenchModel, version: str, rounds: int) -> list[
     for n in range(rounds):
         endpoints.delete_endpoint(w, model.endpoint)
         wait_for_quiet_children(control.status().pid)
+        if alternate and n % 2 == 0:
+            shutil.rmtree(state.state_dir() / CALIBRATION_DIR, ignore_errors=True)
         offset = log.stat().st_size
         t0 = time.perf_counter()
         endpoints.create_or_update(w, spec, timeout=600, progress=False, poll_interval=0.25)
@@ -140,18 +158,22 @@ print(json.dumps({"wall_s": time.perf_counter() - t0, "cpu_s": ru.ru_utime + ru.
 """
 
 
-def import_times(mode: str, repeats: int) -> list[dict[str, float]]:
-    out = []
+def import_times(repeats: int) -> dict[str, list[dict[str, float]]]:
+    """``prepare_worker_process`` in fresh interpreters, with ``skip_unused_imports`` on and
+    off, interleaved (on, off, on, off, ...) so that both see the same machine load."""
+    out: dict[str, list[dict[str, float]]] = {"on": [], "off": []}
     for _ in range(repeats):
-        done = subprocess.run(
-            [sys.executable, "-c", IMPORTS_CODE, mode],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=True,
-            env={**os.environ, "PYTHONPATH": str(REPO / "lib")},
-        )
-        out.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        for mode in out:
+            done = subprocess.run(
+                [sys.executable, "-c", IMPORTS_CODE, mode],
+                capture_output=True,
+                text=True,
+                timeout=300,
+                check=True,
+                env={**os.environ, "PYTHONPATH": str(REPO / "lib")},
+            )
+            out[mode].append(json.loads(done.stdout.strip().splitlines()[-1]))
+            print(f"  spare imports, skip_unused_imports {mode}: {out[mode][-1]}", flush=True)
     return out
 
 
@@ -189,19 +211,26 @@ def render(
         "",
         "## create → READY (databricks-sdk, fresh endpoint each round)",
         "",
-        "| model | round 1 (s) | later rounds, median (min–max) (s) | worker load, later "
-        "rounds (s) | first query after READY (s) | second query (s) |",
-        "|---|---|---|---|---|---|",
+        "Median (min–max) over the rounds of each kind: *measured* = the worker calibrated "
+        "(first load on this machine, or the cache was cleared), *cached* = it read the "
+        "calibration back, *none* = nothing to calibrate (an encoder).",
+        "",
+        "| model | calibration | rounds | create → READY (s) | worker load (s) | "
+        "first query after READY (s) | second query (s) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for key, rounds in results.items():
-        later = rounds[1:]
-        lines.append(
-            f"| {key} | {rounds[0].create_to_ready_s:.2f} | "
-            f"{_stats([r.create_to_ready_s for r in later])} | "
-            f"{_stats([r.load_s for r in later if r.load_s is not None])} | "
-            f"{_stats([r.first_query_s for r in rounds if r.first_query_s is not None])} | "
-            f"{_stats([r.second_query_s for r in rounds if r.second_query_s is not None])} |"
-        )
+        for kind in ("measured", "cached", "none"):
+            mine = [r for r in rounds if r.kind == kind]
+            if not mine:
+                continue
+            lines.append(
+                f"| {key} | {kind} | {len(mine)} | "
+                f"{_stats([r.create_to_ready_s for r in mine])} | "
+                f"{_stats([r.load_s for r in mine if r.load_s is not None])} | "
+                f"{_stats([r.first_query_s for r in mine if r.first_query_s is not None])} | "
+                f"{_stats([r.second_query_s for r in mine if r.second_query_s is not None])} |"
+            )
     lines += ["", "## Worker load phases (s, from the server log)", ""]
     for key, rounds in results.items():
         names: list[str] = []
@@ -247,6 +276,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--home", type=Path, default=None, help="state directory to use and keep")
     parser.add_argument("--no-spare", action="store_true", help="PTDEPLOY_SPARE_WORKERS=0")
     parser.add_argument(
+        "--alternate-cold",
+        action="store_true",
+        help="remove the calibration cache before rounds 1, 3, ...: measured and cached loads "
+        "side by side",
+    )
+    parser.add_argument(
         "--imports",
         type=int,
         default=0,
@@ -277,11 +312,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with local_workspace(batching=True) as w:
             for model in chosen:
-                results[model.key] = create_rounds(w, model, versions[model.key], args.rounds)
+                results[model.key] = create_rounds(
+                    w, model, versions[model.key], args.rounds, args.alternate_cold
+                )
         if args.imports:
-            for mode in ("on", "off"):
-                imports[mode] = import_times(mode, args.imports)
-                print(f"  spare imports, skip_unused_imports {mode}: {imports[mode]}", flush=True)
+            imports = import_times(args.imports)
     finally:
         control.stop(quiet=True)
     load_after = load_average()
