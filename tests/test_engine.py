@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import math
 import struct
 
@@ -196,6 +197,145 @@ def test_a_new_thread_count_is_calibrated_before_generating(completions):
         assert completions._row_multiples[threads + 1] in (4, 8, 16, PER_ROW)
     finally:
         torch.set_num_threads(threads)
+
+
+# ------------------------------------------------------------------ calibration cache
+
+
+@pytest.fixture
+def measured(monkeypatch) -> list[str]:
+    """What the engine measures while loading: one entry per calibration or check run."""
+    calls: list[str] = []
+    for name in ("calibrate_linear_rows", "calibrate_prefill_rows", "attention_rows_invariant"):
+        real = getattr(engine_module, name)
+
+        def spy(*args, _real=real, _name=name, **kwargs):
+            calls.append(_name)
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(engine_module, name, spy)
+    real_check = Engine._check_batch_invariance
+
+    def check(self):
+        calls.append("invariance check")
+        return real_check(self)
+
+    monkeypatch.setattr(Engine, "_check_batch_invariance", check)
+    return calls
+
+
+def _load(cache_dir, weights="weights-1") -> Engine:
+    loaded = sources.build_tiny_llama()
+    return Engine(
+        loaded.model,
+        loaded.tokenizer,
+        TASK_COMPLETIONS,
+        seed=0,
+        calibration_dir=cache_dir,
+        weights_id=weights,
+    )
+
+
+def _calibrated(engine: Engine) -> tuple:
+    linears = {
+        name: group[0].ptdeploy_unpadded
+        for name, group in engine_module._named_linear_groups(engine.model).items()
+    }
+    packed = [hasattr(w, "ptdeploy_packed") for w in engine_module._linear_weights(engine.model)]
+    return (
+        engine.linear_row_multiple,
+        engine.prefill_rows,
+        engine.group_attention,
+        engine.batch_invariant,
+        linears,
+        packed,
+    )
+
+
+def test_a_second_load_reuses_the_measurements_of_the_first(tmp_path, measured):
+    first = _load(tmp_path)
+    assert "calibrate_linear_rows" in measured and "invariance check" in measured
+    measured.clear()
+    second = _load(tmp_path)
+    assert measured == []  # nothing measured again: read back from the cache
+    assert _calibrated(second) == _calibrated(first)
+    assert second.batch_invariant
+    alone, together = _alone_and_together(second)
+    assert [a["choices"] for a in alone] == [t["choices"] for t in together]
+    assert [a["choices"] for a in alone] == [a["choices"] for a in _alone_and_together(first)[0]]
+
+
+def test_other_weights_check_invariance_again_but_reuse_the_calibration(tmp_path, measured):
+    _load(tmp_path, weights="weights-1")
+    measured.clear()
+    _load(tmp_path, weights="weights-2")
+    assert measured == ["invariance check"]
+    measured.clear()
+    _load(tmp_path, weights=None)  # unknown weights: the check always runs
+    assert measured == ["invariance check"]
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["an AVX-512 flag", "another CPU", "another thread count", "another torch version"],
+)
+def test_the_cache_is_keyed_by_machine_threads_and_torch(tmp_path, measured, monkeypatch, change):
+    import torch
+
+    _load(tmp_path)
+    measured.clear()
+    name, flags = engine_module._cpu_info()
+    if change == "an AVX-512 flag":
+        monkeypatch.setattr(engine_module, "_cpu_info", lambda: (name, flags | {"avx512f"}))
+    elif change == "another CPU":
+        monkeypatch.setattr(engine_module, "_cpu_info", lambda: ("Intel Xeon", flags))
+    elif change == "another torch version":
+        monkeypatch.setattr(torch, "__version__", "0.0.0+other")
+    threads = torch.get_num_threads()
+    if change == "another thread count":
+        torch.set_num_threads(threads + 1)
+    try:
+        _load(tmp_path)
+    finally:
+        torch.set_num_threads(threads)
+    assert "calibrate_linear_rows" in measured and "invariance check" in measured
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda path: path.write_text("{not json"),
+        lambda path: path.write_text(path.read_text()[: len(path.read_text()) // 2]),
+        lambda path: path.write_text(
+            json.dumps({**json.loads(path.read_text()), "key": {"cpu": "elsewhere"}})
+        ),
+        lambda path: path.write_text(
+            json.dumps({**json.loads(path.read_text()), "result": {"multiple": 3, "packed": "yes"}})
+        ),
+    ],
+    ids=["not json", "truncated", "foreign key", "invalid result"],
+)
+def test_a_corrupt_or_foreign_entry_is_measured_again_and_rewritten(tmp_path, measured, damage):
+    first = _load(tmp_path, weights=None)
+    (entry,) = tmp_path.glob("*.json")
+    damage(entry)
+    measured.clear()
+    second = _load(tmp_path, weights=None)
+    assert "calibrate_linear_rows" in measured
+    assert _calibrated(second) == _calibrated(first)
+    measured.clear()
+    _load(tmp_path, weights=None)  # rewritten whole: read back again
+    assert measured == ["invariance check"]
+
+
+def test_a_swapped_kernel_is_measured_and_never_cached(tmp_path, measured, monkeypatch):
+    """The stand-in BLAS of the tests above must not read nor write the real kernel's results."""
+    _load(tmp_path)
+    monkeypatch.setattr(engine_module, "_linear", _rounds_by_row_count)
+    measured.clear()
+    engine = _load(tmp_path)
+    assert engine.linear_row_multiple == 8 and "calibrate_linear_rows" in measured
+    assert len(list(tmp_path.glob("*.json"))) == 2  # the real kernel's two entries only
 
 
 def test_a_request_joins_a_running_batch_and_answers_as_alone(completions):

@@ -73,18 +73,32 @@ is what makes "same request, same answer, whatever else is in the batch" true. T
 engine checks it end to end when it loads (``Engine.batch_invariant``); a model family
 where it does not hold is still served correctly, through the standard masked attention
 and batched prefill.
+
+Start-up. Those measurements cost SmolLM2-135M about 2 s per load on the 2-core machine
+(linear rows 0.7 s, prefill rows 0.2 s, the end-to-end check 0.8 s), for answers that
+depend only on the machine and the model's shapes. The first load on a machine measures
+them; the results are kept in ``<state dir>/calibration/`` (``CalibrationCache``) under a
+key naming everything they depend on (``calibration_key``: CPU model and flags, torch
+version and build, CPU capability, kernel environment variables, this file's code,
+thread count, batch rows, dtype, linear and attention shapes; for the end-to-end check
+also the weights, ``weights_id``), so later loads read them back. Nothing is assumed
+from another machine, thread count or torch: a different key is measured again.
+``Engine.load_phases`` times each phase of a load; the worker logs them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
+import json
 import logging
 import math
 import os
 import re
 import time
 import types
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -168,6 +182,31 @@ def estimate_tokens_per_second(parameter_count: int, kind: str = "causal-lm") ->
     return max(1, int(tps))
 
 
+# ------------------------------------------------------------------ load phases
+
+
+class LoadPhases:
+    """Wall-clock seconds of each phase of loading an engine, in order (``Engine.load_phases``).
+
+    The worker logs them in one line when it is READY, so start-up can be read phase by
+    phase from the server log (``benchmarks/startup.py`` does).
+    """
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def timed(self, phase: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - started
+
+    def describe(self) -> str:
+        return ", ".join(f"{name} {s:.2f} s" for name, s in self.seconds.items())
+
+
 # ------------------------------------------------------------------ batch invariance
 
 
@@ -182,6 +221,9 @@ def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) ->
     if packed is not None:
         return _packed_linear_op()(x, packed, bias, "none", [], "")
     return F.linear(x, weight, bias)
+
+
+_OWN_LINEAR = _linear  # a swapped kernel (the tests' stand-in BLAS) is never cached
 
 
 @functools.cache
@@ -318,6 +360,10 @@ def _linear_groups(model: Any) -> dict[tuple[int, int, bool], list[Any]]:
             key = (module.in_features, module.out_features, module.bias is not None)
             groups.setdefault(key, []).append(module)
     return groups
+
+
+def _named_linear_groups(model: Any) -> dict[str, list[Any]]:
+    return {_shape_name(shape): group for shape, group in _linear_groups(model).items()}
 
 
 def _probe(module: Any, rows: int, generator: torch.Generator) -> torch.Tensor:
@@ -532,43 +578,58 @@ def _register_rowwise_attention() -> None:
         ALL_MASK_ATTENTION_FUNCTIONS.register(ROWWISE_ATTENTION, sdpa_mask)
 
 
-def make_batch_invariant(model: Any, max_rows: int) -> int | None:
-    """Switch a causal LM to calibrated linears and row-wise attention.
-
-    Returns the calibrated row multiple (``PER_ROW`` included), or None when the model's
-    family is not supported (it keeps its standard attention).
-    """
-    import torch
-
+def use_rowwise_attention(model: Any) -> bool:
+    """Switch a causal LM of a supported family to row-wise attention; False (standard
+    attention kept) for other families and model classes that refuse it."""
     model_type = getattr(model.config, "model_type", None)
     if model_type not in ROWWISE_MODEL_TYPES or getattr(model.config, "sliding_window", None):
-        return None
+        return False
     _register_rowwise_attention()
     try:
         model.set_attn_implementation(ROWWISE_ATTENTION)
     except Exception as exc:  # a model class that refuses custom attention
         log.warning("row-wise attention not available for %s: %s", model_type, exc)
-        return None
-    multiple = calibrate_linear_rows_packed(model, max_rows)
+        return False
+    return True
+
+
+def install_invariant_linears(model: Any, multiple: int) -> None:
+    """Route every ``nn.Linear`` through the padded product (``_invariant_linear_forward``)."""
+    import torch
+
     set_linear_row_multiple(model, multiple)
     for module in model.modules():
         if isinstance(module, torch.nn.Linear):
             module.forward = types.MethodType(_invariant_linear_forward, module)
+
+
+def make_batch_invariant(model: Any, max_rows: int, phases: LoadPhases | None = None) -> int | None:
+    """Switch a causal LM to calibrated linears and row-wise attention.
+
+    Returns the calibrated row multiple (``PER_ROW`` included), or None when the model's
+    family is not supported (it keeps its standard attention).
+    """
+    if not use_rowwise_attention(model):
+        return None
+    multiple = calibrate_linear_rows_packed(model, max_rows, phases or LoadPhases())
+    install_invariant_linears(model, multiple)
     return multiple
 
 
-def calibrate_linear_rows_packed(model: Any, max_rows: int) -> int:
+def calibrate_linear_rows_packed(model: Any, max_rows: int, phases: LoadPhases) -> int:
     """Pack the linear weights for oneDNN and calibrate; unpack if only PER_ROW holds with it.
 
     The row multiple, as ``calibrate_linear_rows``; the row counts that need no padding
     are measured too (``calibrate_unpadded_rows``).
     """
-    packed = pack_linear_weights(model, max_rows)
-    multiple = calibrate_linear_rows(model, max_rows)
-    if packed and multiple == PER_ROW:  # this CPU's oneDNN kernel is not invariant: MKL's?
-        unpack_linear_weights(model)
+    with phases.timed("packing"):
+        packed = pack_linear_weights(model, max_rows)
+    with phases.timed("linear calibration"):
         multiple = calibrate_linear_rows(model, max_rows)
-    calibrate_unpadded_rows(model, max_rows, multiple)
+        if packed and multiple == PER_ROW:  # this CPU's oneDNN kernel is not invariant: MKL's?
+            unpack_linear_weights(model)
+            multiple = calibrate_linear_rows(model, max_rows)
+        calibrate_unpadded_rows(model, max_rows, multiple)
     return multiple
 
 
@@ -583,6 +644,226 @@ def set_linear_row_multiple(model: Any, multiple: int) -> None:
             module.ptdeploy_row_multiple = multiple
             by = module.__dict__.get("ptdeploy_unpadded_by", {})
             module.ptdeploy_unpadded = by.get(key, frozenset())
+
+
+# ------------------------------------------------------------------ calibration cache
+
+# Environment variables that make torch, MKL or oneDNN pick other kernels (or other
+# rounding) on the same CPU: part of every calibration key.
+KERNEL_ENV = (
+    "ATEN_CPU_CAPABILITY",
+    "MKL_CBWR",
+    "MKL_ENABLE_INSTRUCTIONS",
+    "MKL_DEBUG_CPU_TYPE",
+    "DNNL_MAX_CPU_ISA",
+    "ONEDNN_MAX_CPU_ISA",
+    "DNNL_DEFAULT_FPMATH_MODE",
+    "ONEDNN_DEFAULT_FPMATH_MODE",
+)
+CALIBRATION_DIR = "calibration"  # under the state directory
+
+
+def _cpu_info() -> tuple[str, frozenset[str]]:
+    """The CPU's model name and feature flags (``avx2``, ``avx512f``, ...), from
+    ``/proc/cpuinfo`` (x86 ``flags``, Arm ``Features``); elsewhere the platform's name."""
+    import platform
+
+    name, flags = "", ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            field_name, _, value = line.partition(":")
+            field_name = field_name.strip()
+            if field_name in ("model name", "Hardware", "CPU part") and not name:
+                name = value.strip()
+            elif field_name in ("flags", "Features") and not flags:
+                flags = value
+            if not line.strip() and name and flags:  # the first processor is enough
+                break
+    return name or platform.processor() or "unknown", frozenset(flags.split())
+
+
+@functools.cache
+def _engine_digest() -> str:
+    """This file's digest: the calibration code and the generation loop it checks live here,
+    so an edited engine never reuses results measured by another."""
+    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+
+
+def _shape_name(shape: tuple[int, int, bool]) -> str:
+    in_features, out_features, bias = shape
+    return f"{in_features}x{out_features}{'+bias' if bias else ''}"
+
+
+def calibration_key(model: Any, max_rows: int, threads: int) -> dict[str, Any]:
+    """Everything the load-time calibration of ``model`` depends on (module docstring, 1-3).
+
+    The CPU (model name and every feature flag: an AVX-512 machine rounds differently
+    from an AVX2 one), the kernels torch dispatches to there (version, build
+    configuration, CPU capability, oneDNN, the environment variables that change them),
+    this engine's code, the thread count, the largest decode batch, the dtype, the linear
+    shapes (the output layer's apart: prefill calibration leaves it out) and the
+    attention heads. Not the weights: kernels reduce in an order set by the shapes.
+    """
+    import platform
+
+    import torch
+
+    cpu, flags = _cpu_info()
+    config = model.config
+    heads = int(config.num_attention_heads)
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    key = {
+        "measures": "linear rows, unpadded rows, prefill rows, attention rows",
+        "cpu": cpu,
+        "cpu_flags": sorted(flags),
+        "machine": platform.machine(),
+        "torch": str(torch.__version__),
+        "torch_build": hashlib.sha256(torch.__config__.show().encode()).hexdigest()[:16],
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "mkldnn": torch.backends.mkldnn.is_available(),
+        "kernel_env": {name: os.environ[name] for name in KERNEL_ENV if name in os.environ},
+        "engine": _engine_digest(),
+        "threads": int(threads),
+        "max_rows": int(max_rows),
+        "dtype": str(next(model.parameters()).dtype),
+        "linears": sorted(_shape_name(shape) for shape in _linear_groups(model)),
+        "output_layer": (
+            _shape_name((output.in_features, output.out_features, output.bias is not None))
+            if isinstance(output, torch.nn.Linear)
+            else None
+        ),
+        "attention": {
+            "heads": heads,
+            "head_dim": int(getattr(config, "head_dim", None) or config.hidden_size // heads),
+        },
+    }
+    return json.loads(json.dumps(key, sort_keys=True))  # as it reads back from the file
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What the engine measured for a causal LM on this machine and thread count."""
+
+    packed: bool  # the linear weights are prepacked for oneDNN (pack_linear_weights)
+    multiple: int  # calibrate_linear_rows (PER_ROW: 0)
+    unpadded: dict[str, tuple[int, ...]]  # per linear shape: calibrate_unpadded_rows
+    prefill_rows: int  # calibrate_prefill_rows
+    group_attention: bool  # attention_rows_invariant
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "packed": self.packed,
+            "multiple": self.multiple,
+            "unpadded": {name: list(rows) for name, rows in sorted(self.unpadded.items())},
+            "prefill_rows": self.prefill_rows,
+            "group_attention": self.group_attention,
+        }
+
+    @classmethod
+    def from_dict(cls, raw: Any, key: dict[str, Any]) -> Calibration:
+        """A cached calibration, checked against the model it is for (ValueError if not)."""
+        max_rows = key["max_rows"]
+        if not isinstance(raw, dict):
+            raise ValueError("not an object")
+        packed, multiple = raw["packed"], raw["multiple"]
+        prefill, grouped, unpadded = raw["prefill_rows"], raw["group_attention"], raw["unpadded"]
+        if not (isinstance(packed, bool) and isinstance(grouped, bool)):
+            raise ValueError("packed and group_attention must be booleans")
+        candidates = {c for c in LINEAR_ROW_CANDIDATES if c < max_rows} | {max_rows, PER_ROW}
+        if type(multiple) is not int or multiple not in candidates:
+            raise ValueError(f"multiple={multiple!r} is not one of {sorted(candidates)}")
+        if type(prefill) is not int or prefill not in {0, *PREFILL_PROBE_SIZES}:
+            raise ValueError(f"prefill_rows={prefill!r} is not a probed size")
+        if not isinstance(unpadded, dict) or sorted(unpadded) != key["linears"]:
+            raise ValueError("unpadded does not name this model's linear shapes")
+        rows: dict[str, tuple[int, ...]] = {}
+        for name, counts in unpadded.items():
+            if not isinstance(counts, list) or not all(
+                type(m) is int and 1 <= m <= max_rows for m in counts
+            ):
+                raise ValueError(f"unpadded[{name!r}] is not a list of row counts")
+            rows[name] = tuple(counts)
+        return cls(packed, multiple, rows, prefill, grouped)
+
+
+class CalibrationCache:
+    """Results of load-time measurements on disk, one JSON file per key.
+
+    A file holds ``{"key": ..., "result": ...}`` under a name derived from the key; it is
+    used only when its stored key is the one asked for and its result parses: a corrupt,
+    truncated or foreign file is ignored (logged) and measured again, then overwritten.
+    Files are written atomically (a temporary file renamed over the old one), so
+    concurrent workers never read half a file. Failing to write only costs the next load
+    its measurement.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def path(self, key: dict[str, Any]) -> Path:
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+        return self.root / f"{digest[:32]}.json"
+
+    def get(self, key: dict[str, Any], parse: Callable[[Any], Any]) -> Any:
+        path = self.path(key)
+        try:
+            entry = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            log.warning("calibration cache %s is unreadable (%s): measuring again", path, exc)
+            return None
+        if not isinstance(entry, dict) or entry.get("key") != key:
+            log.warning("calibration cache %s was written for another key: measuring again", path)
+            return None
+        try:
+            return parse(entry["result"])
+        except (KeyError, TypeError, ValueError) as exc:
+            log.warning("calibration cache %s is not valid (%s): measuring again", path, exc)
+            return None
+
+    def put(self, key: dict[str, Any], result: Any) -> None:
+        import tempfile
+
+        path = self.path(key)
+        tmp = None
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump({"key": key, "result": result}, fh, sort_keys=True)
+            os.replace(tmp, path)
+        except OSError as exc:
+            log.warning("cannot write the calibration cache %s: %s", path, exc)
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+
+
+def _parse_check(raw: Any) -> bool:
+    if not isinstance(raw, dict) or not isinstance(raw.get("batch_invariant"), bool):
+        raise ValueError("batch_invariant must be a boolean")
+    return raw["batch_invariant"]
+
+
+def default_calibration_dir() -> Path:
+    """``<state dir>/calibration``: results measured on this machine."""
+    from ptdeploy import state
+
+    return state.state_dir() / CALIBRATION_DIR
+
+
+def weights_id(mlmodel: Any, model_dir: Path) -> str:
+    """Identity of a logged model version's weights: the MLflow model's UUID and every
+    weight file's name, size and modification time (a registered version's artifacts are
+    not rewritten; a file that was is a new identity)."""
+    files = sorted(
+        (p.relative_to(model_dir).as_posix(), p.stat().st_size, p.stat().st_mtime_ns)
+        for p in model_dir.rglob("*")
+        if p.is_file()
+    )
+    raw = json.dumps([getattr(mlmodel, "model_uuid", None), files])
+    return hashlib.sha256(raw.encode()).hexdigest()[:32]
 
 
 # ------------------------------------------------------------------ generation rows
@@ -646,9 +927,18 @@ class Engine:
         embed_batch_rows: int = 64,
         seed: int | None = None,
         clock: Callable[[], float] = time.time,
+        load_phases: LoadPhases | None = None,
+        calibration_dir: Path | None = None,
+        weights_id: str | None = None,
     ) -> None:
+        """``calibration_dir``: where load-time measurements are cached (default
+        ``<state dir>/calibration``); ``weights_id``: identity of the weights
+        (``weights_id()``), which lets the end-to-end invariance check be cached too."""
         import torch
 
+        self.load_phases = load_phases or LoadPhases()
+        self.calibration_dir = calibration_dir
+        self.weights_id = weights_id
         if task not in TASKS:
             raise ModelLoadError(f"task={task!r} is not served; valid tasks: {', '.join(TASKS)}")
         self.model = model.eval()
@@ -684,16 +974,8 @@ class Engine:
                 )
             self.eos_ids = self._eos_ids()
             self.pad_id = self._pad_id()
-            multiple = make_batch_invariant(self.model, self.max_batch_rows)
-            if multiple is not None:
-                self._row_multiples[torch.get_num_threads()] = multiple
-                self._prefill_rows[torch.get_num_threads()] = calibrate_prefill_rows(
-                    self.model, self.max_batch_rows
-                )
-                self._group_attention[torch.get_num_threads()] = attention_rows_invariant(
-                    self.model, self.max_batch_rows
-                )
-                self.batch_invariant = self._check_batch_invariance()
+            if use_rowwise_attention(self.model):
+                self._make_batch_invariant()
 
     # ------------------------------------------------------------------ loading
 
@@ -719,12 +1001,15 @@ class Engine:
         The registry is read before torch and transformers are imported, so a wrong
         name or version fails in about two seconds, not ten.
         """
-        path, mlmodel = resolve_model_version(model_name, str(version), tracking_uri)
+        phases = LoadPhases()
+        with phases.timed("registry"):
+            path, mlmodel = resolve_model_version(model_name, str(version), tracking_uri)
         task = model_task(mlmodel, f"{model_name} version {version}")
 
-        import torch
-        from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
-        from transformers.utils import logging as hf_logging
+        with phases.timed("imports"):
+            import torch
+            from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+            from transformers.utils import logging as hf_logging
 
         if torch_threads:
             torch.set_num_threads(torch_threads)
@@ -743,19 +1028,23 @@ class Engine:
         auto = AutoModel if task == TASK_EMBEDDINGS else AutoModelForCausalLM
         try:
             if model_dir.is_dir() and tokenizer_dir.is_dir():
-                model = auto.from_pretrained(model_dir, dtype=torch_dtype[dtype])
-                tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+                with phases.timed("weights"):
+                    model = auto.from_pretrained(model_dir, dtype=torch_dtype[dtype])
+                with phases.timed("tokenizer"):
+                    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+                kwargs.setdefault("weights_id", weights_id(mlmodel, model_dir))
             else:  # save_pretrained=False: weights come from the hub (or its local cache)
                 import mlflow.transformers
 
-                parts = mlflow.transformers.load_model(path.as_uri(), return_type="components")
+                with phases.timed("weights"):
+                    parts = mlflow.transformers.load_model(path.as_uri(), return_type="components")
                 model, tokenizer = parts["model"].to(torch_dtype[dtype]), parts["tokenizer"]
         except Exception as exc:
             raise ModelLoadError(
                 f"cannot load the weights of {model_name} version {version} from {path}: {exc}"
             ) from exc
         kwargs.setdefault("served_name", model_name)
-        return cls(model, tokenizer, task, metadata.get("pooling"), **kwargs)
+        return cls(model, tokenizer, task, metadata.get("pooling"), load_phases=phases, **kwargs)
 
     def _check_pooling(self, pooling: dict[str, Any] | None) -> dict[str, Any]:
         merged = dict(DEFAULT_POOLING)
@@ -794,6 +1083,83 @@ class Engine:
             if isinstance(candidate, int):
                 return candidate
         return 0
+
+    def _make_batch_invariant(self) -> None:
+        """Calibrate the linears, prefill and attention for this machine (module docstring),
+        then check batch invariance end to end, reusing the results cached for the same
+        key (``calibration_key``): the first load on a machine measures, later loads of a
+        model with the same shapes (and, for the check, the same weights) read them back.
+        """
+        import torch
+        import transformers
+
+        threads, phases = torch.get_num_threads(), self.load_phases
+        cache = (
+            CalibrationCache(self.calibration_dir or default_calibration_dir())
+            if _linear is _OWN_LINEAR
+            else None
+        )
+        key = calibration_key(self.model, self.max_batch_rows, threads)
+        with phases.timed("cache"):
+            calibration = (
+                cache.get(key, functools.partial(Calibration.from_dict, key=key)) if cache else None
+            )
+        if calibration is not None:
+            with phases.timed("packing"):
+                if calibration.packed and not pack_linear_weights(self.model, self.max_batch_rows):
+                    calibration = None  # cannot happen with the same torch build; measure
+        if calibration is None:
+            calibration = self._calibrate(threads, key["linears"])
+            if cache is not None:
+                cache.put(key, calibration.to_dict())
+        else:
+            for name, group in _named_linear_groups(self.model).items():
+                for module in group:
+                    module.__dict__.setdefault("ptdeploy_unpadded_by", {})[
+                        (threads, calibration.multiple)
+                    ] = frozenset(calibration.unpadded[name])
+            install_invariant_linears(self.model, calibration.multiple)
+        self._row_multiples[threads] = calibration.multiple
+        self._prefill_rows[threads] = calibration.prefill_rows
+        self._group_attention[threads] = calibration.group_attention
+        self._applied_rows = None
+
+        check_key = None
+        if cache is not None and self.weights_id is not None:
+            check_key = {
+                **key,
+                "measures": "batched greedy == unbatched, end to end",
+                "calibration": calibration.to_dict(),
+                "weights": self.weights_id,
+                "transformers": transformers.__version__,
+                "pad_id": self.pad_id,
+            }
+            check_key = json.loads(json.dumps(check_key, sort_keys=True))
+            cached = cache.get(check_key, _parse_check)
+            if cached is not None:
+                self.batch_invariant = cached
+                return
+        with phases.timed("invariance check"):
+            self.batch_invariant = self._check_batch_invariance()
+        if check_key is not None and cache is not None:
+            cache.put(check_key, {"batch_invariant": self.batch_invariant})
+
+    def _calibrate(self, threads: int, linears: list[str]) -> Calibration:
+        """Measure everything ``Calibration`` holds (and apply it to the model)."""
+        phases = self.load_phases
+        multiple = calibrate_linear_rows_packed(self.model, self.max_batch_rows, phases)
+        install_invariant_linears(self.model, multiple)
+        packed = any(hasattr(w, "ptdeploy_packed") for w in _linear_weights(self.model))
+        with phases.timed("prefill calibration"):
+            prefill_rows = calibrate_prefill_rows(self.model, self.max_batch_rows)
+        with phases.timed("attention calibration"):
+            group_attention = attention_rows_invariant(self.model, self.max_batch_rows)
+        unpadded = {
+            name: tuple(sorted(group[0].ptdeploy_unpadded_by[(threads, multiple)]))
+            for name, group in _named_linear_groups(self.model).items()
+        }
+        assert sorted(unpadded) == linears
+        return Calibration(packed, multiple, unpadded, prefill_rows, group_attention)
 
     def _check_batch_invariance(self) -> bool:
         """Prefill and one decode step of three rows, alone and together: bitwise equal?"""
