@@ -96,3 +96,17 @@ def test_steps_as_a_job_parameter_is_refused(tmp_path):
     path.write_text(text)
     with pytest.raises(ParameterError, match="'steps' is a job parameter"):
         bundle.check_job_file(path, tmp_path)
+
+
+def test_a_task_that_is_not_a_notebook_fails_the_rehearsal_before_any_task_runs(tmp_path):
+    root = tmp_path / "repo"
+    for name in ("notebooks", "resources", "parameters"):
+        shutil.copytree(REPO / name, root / name)
+    shutil.copy(REPO / "databricks.yml", root / "databricks.yml")
+    path = root / "resources" / "gte_embeddings.job.yml"
+    text = path.read_text()
+    last = text.rindex("notebook_task:")
+    path.write_text(text[:last] + "spark_python_task:" + text[last + len("notebook_task:") :])
+    with pytest.raises(JobDefinitionError, match="only notebook tasks can be rehearsed"):
+        job.rehearse_job("gte_embeddings", out_dir=tmp_path / "out", root=root)
+    assert not list((tmp_path / "out").rglob("*.ipynb")), "no task ran"

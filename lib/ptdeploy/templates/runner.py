@@ -176,7 +176,6 @@ class WarmKernel:
         self.kernel_name, self.imports, self.timeout = kernel_name, imports, timeout
         self.km: Any = None
         self.error: BaseException | None = None
-        self._taken = False
         self._thread = threading.Thread(
             target=self._start, name="ptdeploy-warm-kernel", daemon=True
         )
@@ -210,7 +209,6 @@ class WarmKernel:
     def take(self) -> Any:
         """The started kernel's manager (waits for the warm-up), or None if it failed."""
         self._thread.join()
-        self._taken = True
         if self.error is not None:
             self.shut_down()
             return None
