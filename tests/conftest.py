@@ -24,6 +24,12 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 # import, 2-3 s of CPU in every test session. No schema the tests validate uses those
 # formats: tell jsonschema the package is absent (a None entry makes the import fail).
 sys.modules.setdefault("rfc3987_syntax", None)
+# transformers' generation module imports scikit-learn (for assisted generation with a
+# confidence threshold, which nothing here uses) as soon as a model class is imported:
+# 1-2 s of CPU per test session. The worker and spare processes skip it the same way
+# (ptdeploy.workspace.worker.skip_unused_imports, where the choice is argued); no test
+# imports scikit-learn.
+sys.modules.setdefault("sklearn", None)
 
 REPO = Path(__file__).resolve().parents[1]
 _SESSION_HOME = Path(tempfile.mkdtemp(prefix="ptdeploy-test-"))
