@@ -14,6 +14,8 @@ only, and cleans up the processes it starts (by their own process group).
   ``concurrency`` requests per batch: the engine without HTTP, pipes or queueing.
 * :class:`MlflowServe` runs ``mlflow models serve`` as a subprocess and times ``/ping``.
 * :func:`bare_load_seconds` times ``Engine.from_registry`` in a fresh process.
+* :func:`kernels_started_ahead` switches ``runner.WarmKernel`` off for a baseline run of
+  ``run-all`` or ``job run``.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -438,3 +440,31 @@ def load_average() -> str:
     with contextlib.suppress(OSError):
         return " ".join(f"{x:.2f}" for x in os.getloadavg())
     return "?"
+
+
+# --------------------------------------------------------------------------- notebooks
+
+
+@contextlib.contextmanager
+def kernels_started_ahead(ahead: bool) -> Iterator[None]:
+    """``run-all`` and ``job run`` as shipped (``ahead``: each next kernel started while
+    the current notebook runs, ``runner.WarmKernel``), or the baseline: every kernel
+    started by papermill when its notebook starts."""
+    from ptdeploy.templates import runner
+
+    class NotAhead(runner.WarmKernel):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            self.km, self.error = None, None
+
+        def take(self) -> None:
+            return None
+
+        def shut_down(self) -> None:
+            pass
+
+    shipped = runner.WarmKernel
+    runner.WarmKernel = shipped if ahead else NotAhead  # looked up at each run
+    try:
+        yield
+    finally:
+        runner.WarmKernel = shipped

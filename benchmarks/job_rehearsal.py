@@ -39,7 +39,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = parser.parse_args()
     os.environ.setdefault("PTDEPLOY_HOME", tempfile.mkdtemp(prefix="ptdeploy-bench-job-"))
-    from harness import load_average
+    from harness import kernels_started_ahead, load_average
     from ptdeploy.templates import job, runner
     from ptdeploy.workspace import control
 
@@ -51,27 +51,11 @@ def main() -> None:
         "|---|---|---|---|---|---|---|",
     ]
 
-    class ColdKernel(runner.WarmKernel):
-        """The baseline: no kernel started ahead (papermill starts one per task)."""
-
-        def __init__(self, *args: object, **kwargs: object) -> None:
-            self.km, self.error = None, None
-
-        def take(self) -> None:
-            return None
-
-        def shut_down(self) -> None:
-            pass
-
     def timed_job(template: str, overrides: dict[str, str], ahead: bool) -> tuple[float, object]:
-        warm = runner.WarmKernel
-        runner.WarmKernel = warm if ahead else ColdKernel  # rehearse_job imports it per run
-        try:
+        with kernels_started_ahead(ahead):
             t0 = time.perf_counter()
             run = job.rehearse_job(template, overrides=overrides, out_dir=work, root=REPO)
             seconds = time.perf_counter() - t0
-        finally:
-            runner.WarmKernel = warm
         if not run.ok:
             raise SystemExit(run.table())
         return seconds, run
