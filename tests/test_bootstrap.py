@@ -12,6 +12,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from ptdeploy import targets
 from ptdeploy.templates import dbutils, runner
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,7 +78,25 @@ def test_bootstrap_installs_ptdeploy_in_a_databricks_like_kernel(tmp_path, ptdep
     )
     ipython_dir = tmp_path / "ipython"
     dbutils.write_ipython_startup(ipython_dir)
-    result = runner.run_notebook(
+    # A local workspace the notebook starts runs on that venv's Python: stop it afterwards
+    # (the product's own rule), so later tests get one started by this environment.
+    running_before = targets.local_workspace_running()
+    try:
+        result = _run_bootstrapped(repo, tmp_path, env, ipython_dir)
+    finally:
+        runner.stop_started_workspace("local", running_before=running_before, keep_running=False)
+    assert result.ok, result.describe_failure()
+    assert (venv_site / "ptdeploy" / "templates" / "flow.py").is_file(), (
+        "installed by the bootstrap cell"
+    )
+    assert result.summary and result.summary["version"]
+    executed = nbformat.read(result.output, as_version=4)
+    shown = json.dumps([c.get("outputs", []) for c in executed.cells])
+    assert "databricks-widgets" in shown, "parameters came through dbutils.widgets"
+
+
+def _run_bootstrapped(repo: Path, tmp_path: Path, env: dict, ipython_dir: Path):
+    return runner.run_notebook(
         repo / "notebooks" / "llama_completions.ipynb",
         REPO / "parameters" / "llama_completions" / "local.yaml",
         {"model_source": "tiny-llama", "steps": "register", "max_tokens": "4"},
@@ -93,11 +112,3 @@ def test_bootstrap_installs_ptdeploy_in_a_databricks_like_kernel(tmp_path, ptdep
             "PIP_NO_BUILD_ISOLATION": "0",
         },
     )
-    assert result.ok, result.describe_failure()
-    assert (venv_site / "ptdeploy" / "templates" / "flow.py").is_file(), (
-        "installed by the bootstrap cell"
-    )
-    assert result.summary and result.summary["version"]
-    executed = nbformat.read(result.output, as_version=4)
-    shown = json.dumps([c.get("outputs", []) for c in executed.cells])
-    assert "databricks-widgets" in shown, "parameters came through dbutils.widgets"
