@@ -129,6 +129,12 @@ def test_version_listings_go_through_one_helper():
     assert sorts == []
 
 
+def test_files_are_replaced_atomically_in_one_place():
+    # state.write_atomic writes text; capacity/plots.py renames the PNGs matplotlib saved
+    renamers = [p for p, text in SOURCES.items() if "os.replace(" in text]
+    assert renamers == ["capacity/plots.py", "state.py"]
+
+
 def test_argparse_is_used_by_the_command_line_only():
     # workspace/server.py is the server process's own entry point (python -m ...), spawned
     # by `ptdeploy workspace start`; the local workspace imports nothing from cli.py

@@ -11,7 +11,9 @@ package runs from a checkout (editable install), else ``~/.ptdeploy``.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 from pathlib import Path
 
 ENV_VAR = "PTDEPLOY_HOME"
@@ -90,3 +92,21 @@ def gateway_table_path(table: str, workspace: Path | None = None) -> Path:
     """The JSON-lines file of AI Gateway table ``table`` (a checked three-level name) in the
     local workspace's state: the server appends rows, ``inference_tables`` reads them."""
     return (workspace or workspace_dir()) / "tables" / f"{table}.jsonl"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that a reader, a concurrent writer or a crash sees the
+    old file or the new one, never a mix: a temporary file in the same folder, flushed to
+    disk, then renamed over ``path`` (``os.replace`` is atomic on POSIX). The temporary
+    file is removed if anything fails; the error is raised as it came."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise

@@ -58,6 +58,7 @@ from __future__ import annotations
 import collections
 import csv
 import enum
+import io
 import json
 import math
 import numbers
@@ -75,6 +76,7 @@ from ptdeploy.clock import Clock, MonotonicClock
 from ptdeploy.errors import EndpointError, ParameterError
 from ptdeploy.llm_tasks import TASK_CHAT, TASK_COMPLETIONS, TASK_EMBEDDINGS
 from ptdeploy.progress import Progress
+from ptdeploy.state import write_atomic
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -539,19 +541,16 @@ class LoadTestResult:
 
 
 def _write_text(path: Path, text: str) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, text + "\n")
     return path
 
 
 def _write_csv(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(path, buffer.getvalue())
     return path
 
 

@@ -823,21 +823,14 @@ class CalibrationCache:
             return None
 
     def put(self, key: dict[str, Any], result: Any) -> None:
-        import tempfile
+        from ptdeploy.state import write_atomic
 
         path = self.path(key)
-        tmp = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump({"key": key, "result": result}, fh, sort_keys=True)
-            os.replace(tmp, path)
+            write_atomic(path, json.dumps({"key": key, "result": result}, sort_keys=True))
         except OSError as exc:
             log.warning("cannot write the calibration cache %s: %s", path, exc)
-            if tmp is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
 
 
 def _parse_check(raw: Any) -> bool:

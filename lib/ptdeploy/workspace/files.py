@@ -91,10 +91,7 @@ def write_server_info(*, pid: int, port: int, detached: bool) -> None:
     """Called by the server once it listens."""
     path = workspace_dir() / SERVER_FILE
     data = json.dumps({"pid": pid, "port": port, "detached": detached, "started": time.time()})
-    fd, tmp = tempfile.mkstemp(prefix=".server.", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
+    state.write_atomic(path, data)
 
 
 def clear_server_info(pid: int) -> None:

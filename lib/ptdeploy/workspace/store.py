@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ptdeploy.errors import StoreError
 from ptdeploy.limits import ENDPOINT_NAME_PATTERN
+from ptdeploy.state import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -180,21 +179,10 @@ class EndpointStore:
         """Write ``record`` atomically: the old file or the new one, never a mix."""
         path = self._path(record.name)
         data = json.dumps(record.to_dict(), indent=1, sort_keys=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{record.name}.", suffix=".tmp", dir=self.root)
         try:
-            with os.fdopen(fd, "w") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException as exc:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            if isinstance(exc, OSError):
-                raise StoreError(f"cannot write endpoint file {path}: {exc}") from exc
-            raise
+            write_atomic(path, data)
+        except OSError as exc:
+            raise StoreError(f"cannot write endpoint file {path}: {exc}") from exc
 
     def delete(self, name: str) -> bool:
         try:
