@@ -25,6 +25,7 @@ from ptdeploy.workspace.worker import (
     WorkerNotReadyError,
     _exit_reason,
     _next_batch,
+    expected_batch,
 )
 
 PROMPTS = [
@@ -218,27 +219,51 @@ def test_batches_are_fifo_and_bounded():
     )
 
 
-def test_idle_worker_does_not_wait_for_a_batch_to_fill():
-    """A lone client (previous batch of one) pays no batching delay; queued requests
-    still join; under load (busy) the window applies."""
+class WatchedInbox(queue.Queue):
+    """An inbox that records how long each ``get`` was allowed to wait."""
 
-    class Watched(queue.Queue):
-        timeouts: list = []
+    def __init__(self, *ids: int) -> None:
+        super().__init__()
+        self.timeouts: list[float] = []
+        for i in ids:
+            self.put(("infer", i, f"request {i}"))
 
-        def get(self, block=True, timeout=None):
-            if timeout is not None:
-                self.timeouts.append(timeout)
-            return super().get(block, timeout)
+    def get(self, block=True, timeout=None):
+        if timeout is not None:
+            self.timeouts.append(timeout)
+        return super().get(block, timeout)
 
-    inbox = Watched()
-    for i in (1, 2):
-        inbox.put(("infer", i, f"request {i}"))
-    batch, _ = _next_batch(inbox, config(max_wait_ms=10_000), busy=False)
+
+def test_lone_client_does_not_wait_for_a_batch_to_fill():
+    """A lone client (expected 1) pays no batching delay; what is queued still joins."""
+    inbox = WatchedInbox(1, 2)
+    batch, _ = _next_batch(inbox, config(max_wait_ms=10_000), expected=1)
     assert batch == [(1, "request 1"), (2, "request 2")]  # what was queued joined
     assert inbox.timeouts == []  # and nothing waited
+
+
+def test_batch_waits_only_for_the_requests_it_expects():
+    inbox = WatchedInbox(1, 2)
+    # expects 2, has 2: takes them and waits for nothing more (max_batch_size is 3): the
+    # one get with a timeout is the second request's, already queued
+    assert _next_batch(inbox, config(max_wait_ms=10_000), expected=2)[0] == [
+        (1, "request 1"),
+        (2, "request 2"),
+    ]
+    assert len(inbox.timeouts) == 1
+    inbox.timeouts.clear()
+    # expects 3, has 1: waits, within the window, for the others
     inbox.put(("infer", 3, "request 3"))
-    _next_batch(inbox, config(max_wait_ms=1), busy=True)
-    assert inbox.timeouts and 0 < inbox.timeouts[0] <= 0.001
+    batch, _ = _next_batch(inbox, config(max_wait_ms=1), expected=3)
+    assert batch == [(3, "request 3")]
+    assert inbox.timeouts and all(0 < t <= 0.001 for t in inbox.timeouts)
+
+
+def test_expected_batch_is_what_was_answered_plus_what_queued():
+    assert expected_batch(answered=1, queued=0, max_batch_size=8) == 1  # a lone client
+    assert expected_batch(answered=4, queued=4, max_batch_size=8) == 8  # two half batches
+    assert expected_batch(answered=8, queued=5, max_batch_size=8) == 8
+    assert expected_batch(answered=0, queued=0, max_batch_size=8) == 1
 
 
 def test_batching_off_serves_one_at_a_time():

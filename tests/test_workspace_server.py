@@ -51,6 +51,8 @@ class FakeWorker:
         self.bodies.append(body)
         if body.get("boom"):
             raise RuntimeError("kaboom")
+        if body.get("nan"):  # a model gone wrong: numbers JSON cannot hold
+            return {"object": "text_completion", "scores": [float("nan"), float("inf"), 0.25]}
         if isinstance(body.get("max_tokens"), int) and body["max_tokens"] < 1:
             raise InvalidRequestError("max_tokens", f"max_tokens={body['max_tokens']} must be >= 1")
         return {"object": "text_completion", "choices": [{"text": self.entity.name}]}
@@ -589,6 +591,19 @@ def test_worker_errors_do_not_break_the_endpoint(env):
         env.client.post("/serving-endpoints/ep/invocations", json={"prompt": "x"}).status_code
         == 200
     )
+
+
+def test_answers_are_compact_json_and_stay_valid_with_nan(env):
+    """Query answers are rendered by pydantic-core (``FastJSONResponse``): the bytes
+    Starlette's renderer gives, and a NaN or infinity from the model becomes null
+    instead of an answer no JSON parser reads (or a 500)."""
+    create(env.client)
+    ready_all(env)
+    r = env.client.post("/serving-endpoints/ep/invocations", json={"prompt": "x"})
+    assert r.content == b'{"object":"text_completion","choices":[{"text":"tiny-1"}]}'
+    r = env.client.post("/serving-endpoints/ep/invocations", json={"prompt": "x", "nan": True})
+    assert r.status_code == 200
+    assert json.loads(r.content) == {"object": "text_completion", "scores": [None, None, 0.25]}
 
 
 def test_a_worker_that_cannot_start_leaves_nothing_behind(env, tmp_path):

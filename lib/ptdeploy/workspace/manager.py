@@ -462,6 +462,13 @@ class EndpointManager:
                 "registered model)."
             )
 
+    def records_requests(self, name: str) -> bool:
+        """Whether the endpoint's AI Gateway records requests (usage tracking or inference
+        tables): without one, ``record_request`` has nothing to do."""
+        with self.lock:
+            rec = self.records.get(name)
+            return bool(rec is not None and rec.ai_gateway)
+
     def record_request(
         self,
         name: str,
@@ -696,6 +703,13 @@ class EndpointManager:
                 to_stop.append(workers.pop(e.name))
                 self.scaled_to_zero.setdefault(rec.name, set()).add(e.name)
                 log.info("endpoint %s: served entity %s scaled to zero (idle)", rec.name, e.name)
+
+    def asleep(self, name: str) -> bool:
+        """Whether a request to ``name`` must wake it (``wake``): entities scaled to zero or
+        still loading from zero. The common answer, False, spares a request the thread hop
+        ``wake`` takes (it may start worker processes)."""
+        with self.lock:
+            return bool(self.scaled_to_zero.get(name) or self.waking.get(name))
 
     def wake(self, name: str) -> list[Worker]:
         """A request arrived: note it, and load the entities scaled to zero again. Returns
