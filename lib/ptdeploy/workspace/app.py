@@ -128,8 +128,7 @@ async def invoke(
     served: list[str | None] = [None]
     streaming = bool(body.get("stream"))
     # read once per request: most endpoints record nothing, and their requests then skip
-    # re-reading the answer and two thread hops (measured: ~15 % of the server's time per
-    # small embedding request on 2 cores)
+    # re-reading the answer (0.13 ms for an embedding) and a thread hop
     tracked = manager.records_requests(name)
 
     def record(response: dict[str, Any] | None, status: int) -> None:
