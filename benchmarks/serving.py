@@ -53,6 +53,7 @@ from harness import (  # noqa: E402
     MlflowServe,
     Workload,
     bare_load_seconds,
+    frozen_gc,
     generate_level,
     http_level,
     in_process_level,
@@ -279,11 +280,12 @@ def run_in_process(report: Report, chosen: list[BenchModel], versions: dict[str,
         )
         report.startup[model.key]["in_process_load_s"] = time.perf_counter() - t0
         warm_up(lambda e=engine, m=model: e.infer(m.workload.query_kwargs()))
-        report.results[(model.key, IN_PROCESS)] = run_levels(
-            f"{model.key} {IN_PROCESS}",
-            lambda c, e=engine, m=model: in_process_level(e, m.workload, c),
-            report.levels,
-        )
+        with frozen_gc():
+            report.results[(model.key, IN_PROCESS)] = run_levels(
+                f"{model.key} {IN_PROCESS}",
+                lambda c, e=engine, m=model: in_process_level(e, m.workload, c),
+                report.levels,
+            )
         del engine
         gc.collect()
 
@@ -309,11 +311,12 @@ def run_plain_generate(report: Report, chosen: list[BenchModel], versions: dict[
         hf_model = AutoModelForCausalLM.from_pretrained(path / binary, dtype=torch.float32).eval()
         tokenizer = AutoTokenizer.from_pretrained(path / "components" / "tokenizer")
         warm_up(lambda m=hf_model, t=tokenizer, w=model.workload: generate_level(m, t, w, 1))
-        report.results[(model.key, PLAIN_GENERATE)] = run_levels(
-            f"{model.key} {PLAIN_GENERATE}",
-            lambda c, m=hf_model, t=tokenizer, w=model.workload: generate_level(m, t, w, c),
-            report.levels,
-        )
+        with frozen_gc():
+            report.results[(model.key, PLAIN_GENERATE)] = run_levels(
+                f"{model.key} {PLAIN_GENERATE}",
+                lambda c, m=hf_model, t=tokenizer, w=model.workload: generate_level(m, t, w, c),
+                report.levels,
+            )
         del hf_model
         gc.collect()
 
