@@ -417,8 +417,17 @@ def calibrate_unpadded_rows(model: Any, max_rows: int, multiple: int) -> None:
             counts = _unpadded_row_counts(
                 group[0], _probe(group[0], max_rows, generator), max_rows, multiple
             )
-            for module in group:
-                module.__dict__.setdefault("ptdeploy_unpadded_by", {})[key] = counts
+            keep_unpadded_rows(group, key, counts)
+
+
+def keep_unpadded_rows(
+    modules: Sequence[Any], key: tuple[int, int], counts: frozenset[int]
+) -> None:
+    """Record on each module the row counts that need no padding for ``key`` (torch
+    threads, row multiple): measured (``calibrate_unpadded_rows``) or read back from the
+    calibration cache; ``set_linear_row_multiple`` applies them."""
+    for module in modules:
+        module.__dict__.setdefault("ptdeploy_unpadded_by", {})[key] = counts
 
 
 def calibrate_prefill_rows(model: Any, max_rows: int) -> int:
@@ -694,6 +703,12 @@ def _shape_name(shape: tuple[int, int, bool]) -> str:
     return f"{in_features}x{out_features}{'+bias' if bias else ''}"
 
 
+def _as_stored(key: dict[str, Any]) -> dict[str, Any]:
+    """``key`` as it reads back from a cache file (JSON types), so that a stored key
+    compares equal to the one asked for."""
+    return json.loads(json.dumps(key, sort_keys=True))
+
+
 def calibration_key(model: Any, max_rows: int, threads: int) -> dict[str, Any]:
     """Everything the load-time calibration of ``model`` depends on (module docstring, 1-3).
 
@@ -737,7 +752,7 @@ def calibration_key(model: Any, max_rows: int, threads: int) -> dict[str, Any]:
             "head_dim": int(getattr(config, "head_dim", None) or config.hidden_size // heads),
         },
     }
-    return json.loads(json.dumps(key, sort_keys=True))  # as it reads back from the file
+    return _as_stored(key)
 
 
 @dataclass(frozen=True)
@@ -1107,10 +1122,9 @@ class Engine:
                 cache.put(key, calibration.to_dict())
         else:
             for name, group in _named_linear_groups(self.model).items():
-                for module in group:
-                    module.__dict__.setdefault("ptdeploy_unpadded_by", {})[
-                        (threads, calibration.multiple)
-                    ] = frozenset(calibration.unpadded[name])
+                keep_unpadded_rows(
+                    group, (threads, calibration.multiple), frozenset(calibration.unpadded[name])
+                )
             install_invariant_linears(self.model, calibration.multiple)
         self._row_multiples[threads] = calibration.multiple
         self._prefill_rows[threads] = calibration.prefill_rows
@@ -1119,15 +1133,16 @@ class Engine:
 
         check_key = None
         if cache is not None and self.weights_id is not None:
-            check_key = {
-                **key,
-                "measures": "batched greedy == unbatched, end to end",
-                "calibration": calibration.to_dict(),
-                "weights": self.weights_id,
-                "transformers": transformers.__version__,
-                "pad_id": self.pad_id,
-            }
-            check_key = json.loads(json.dumps(check_key, sort_keys=True))
+            check_key = _as_stored(
+                {
+                    **key,
+                    "measures": "batched greedy == unbatched, end to end",
+                    "calibration": calibration.to_dict(),
+                    "weights": self.weights_id,
+                    "transformers": transformers.__version__,
+                    "pad_id": self.pad_id,
+                }
+            )
             cached = cache.get(check_key, _parse_check)
             if cached is not None:
                 self.batch_invariant = cached

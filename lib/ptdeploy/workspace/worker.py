@@ -653,11 +653,10 @@ def _warm_up_loading() -> None:
 
 def _worker_main(conn: Any, config: WorkerConfig) -> None:
     """Entry point of the worker process: load the engine, then serve until told to stop."""
-    _process_environment()
     logging.basicConfig(level=logging.INFO, format=f"[worker {config.entity_name}] %(message)s")
     started = time.monotonic()
     try:
-        prepare_worker_process()  # done already in a spare
+        prepare_worker_process()  # the environment and imports; done already in a spare
         from ptdeploy.workspace.engine import Engine
 
         engine = Engine.from_registry(
